@@ -1,0 +1,60 @@
+"""Mask build speed: every mask of a Wan2.1-14B 720p config (40 layers x 40 heads, one bucket), CPU.
+
+Every head gets its own pattern (random frame groups and windows, seeded), so the per-pattern cache in
+`build_layer_mask` cannot help: this is the worst case a searched config can present.
+
+    python benchmarks/masks.py [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from compactsearch.geometry import VideoGeometry
+from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+from compactsearch.tiling import TileLayout, default_tiling
+
+
+def random_pattern(rng: random.Random, grid: tuple[int, int, int]) -> Pattern:
+    nt, nh, nw = grid
+    groups, lo = [], 0
+    for _ in range(rng.randint(1, 3)):
+        if lo > nt - 1:
+            break
+        hi = rng.randint(lo, nt - 1)
+        wins = tuple(Window(rng.randint(1, nh), rng.randint(1, nw)) for _ in range(rng.randint(1, 2)))
+        groups.append(FrameGroup(lo, hi, wins))
+        lo = hi + 1 + rng.randint(0, 1)
+    return Pattern(tuple(groups))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    geometry = VideoGeometry(21, 45, 80)
+    tile, block = default_tiling(geometry)
+    layout = TileLayout(geometry, tile, block)
+    rng = random.Random(0)
+    layers = [[random_pattern(rng, layout.grid_thw) for _ in range(40)] for _ in range(40)]
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        masks = [build_layer_mask(p, layout) for p in layers]
+        times.append(time.perf_counter() - t0)
+    density = sum(m.density() for m in masks) / len(masks)
+    print(f"{geometry.describe()}, {layout.describe()}")
+    print(f"40 layers x 40 heads, distinct random patterns, mean density {density:.3f}")
+    print(f"all masks: median {statistics.median(times):.3f} s over {args.repeats} runs "
+          f"({args.threads} threads; runs: {', '.join(f'{t:.3f}' for t in times)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m compactsearch` (also what `torchrun -m compactsearch` runs)."""
+
+from compactsearch.cli import main
+
+main()

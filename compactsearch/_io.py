@@ -1,0 +1,116 @@
+"""Small file helpers: atomic writes, YAML reading with one-line errors, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from compactsearch.errors import InputError
+
+__all__ = ["atomic_write_text", "atomic_write_with", "atomic_dir", "read_yaml", "sha256_file", "dump_yaml"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
+    atomic_write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file normal permissions
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+class atomic_dir:
+    """Context manager: build a directory under a temp name, then swap it into place on success."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def read_yaml(path: Path, what: str):
+    """Parse a YAML file, turning every failure into an InputError naming the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; give the YAML file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {path} cannot be read as text: {e}") from e
+    if not text.strip():
+        raise InputError(f"{what} {path} is empty")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise InputError(f"{what} {path} is not valid YAML{where}: {problem}") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} must hold a YAML mapping at the top, got {type(data).__name__}")
+    return data
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list):
+    # Short lists of scalars (windows, ranges, tiles) read best on one line.
+    flow = len(data) <= 8 and all(isinstance(x, (int, float, str, bool)) or x is None for x in data)
+    flow = flow or (len(data) <= 4 and all(isinstance(x, list) and len(x) <= 4 for x in data))
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def dump_yaml(data) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

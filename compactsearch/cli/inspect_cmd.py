@@ -1,0 +1,60 @@
+"""`compactsearch inspect CONFIG`: per-head table and a picture of one head."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
+from compactsearch.config import load_config
+from compactsearch.errors import InputError
+from compactsearch.inspection import head_picture
+from compactsearch.validation import head_rows
+
+
+def inspect(
+    config: ConfigArg,
+    layer: Annotated[int | None, typer.Option(help="Only this layer; with --head, draw that head.")] = None,
+    head: Annotated[int | None, typer.Option(help="Draw this head's windows and block mask (needs --layer).")] = None,
+    bucket: Annotated[int | None, typer.Option(help="Only this step bucket (index).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a config: pattern, density and recall per layer and head, and a picture of one head.
+
+    Examples:
+        compactsearch inspect config.yaml
+        compactsearch inspect config.yaml --layer 3
+        compactsearch inspect config.yaml --layer 3 --head 7
+    """
+    cfg = load_config(config)
+    if head is not None and layer is None:
+        raise InputError("--head needs --layer: say which layer's head to draw")
+    if bucket is not None and not 0 <= bucket < len(cfg.buckets):
+        raise InputError(f"--bucket {bucket} is out of range: the config has {len(cfg.buckets)} bucket(s)")
+    if layer is not None and not 0 <= layer < cfg.num_layers:
+        raise InputError(f"--layer {layer} is out of range: the config has layers 0..{cfg.num_layers - 1}")
+    if head is not None and not 0 <= head < cfg.num_heads:
+        raise InputError(f"--head {head} is out of range: the config has heads 0..{cfg.num_heads - 1}")
+    layout = cfg.layout()
+    kind = cfg.provenance.get("kind", "unknown")
+    console.print(
+        f"[bold]{cfg.model_id}[/] ({cfg.adapter}), {cfg.geometry.describe()}, {cfg.num_layers} layers x "
+        f"{cfg.num_heads} heads; {layout.describe()}; steps {cfg.num_steps}, dense warm-up {cfg.dense_warmup}; "
+        f"kind: {kind}"
+    )
+    rows = head_rows(cfg, bucket=bucket, layer=layer)
+    table = Table(title_justify="left")
+    for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["bucket"]), f"{r['steps'][0]}-{r['steps'][1]}", str(r["layer"]), str(r["head"]),
+                      r["pattern"], f"{r['density']:.3f}", "-" if r["recall"] is None else f"{r['recall']:.3f}")
+    if head is None:
+        console.print(table)
+    if head is not None:
+        bi = bucket or 0
+        console.print(head_picture(cfg, bi, layer, head))
+    if json_out:
+        print_json({"rows": rows, "summary": cfg.summary, "provenance": cfg.provenance})

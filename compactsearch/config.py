@@ -1,0 +1,385 @@
+"""Config format ``compactsearch/v1``: frozen dataclasses, strict YAML load with path-precise errors, save.
+
+A config says, per (step bucket, layer, head), which pattern to run. Layout of the YAML::
+
+    format: compactsearch/v1
+    model: {id: Wan-AI/Wan2.1-T2V-14B-Diffusers, adapter: wan}
+    geometry: {frames: 21, height: 45, width: 80, text_tokens: 0, text_position: none,
+               layers: 40, heads: 40, head_dim: 128}
+    tiling: {tile: [4, 8, 4], block_size: 128}
+    schedule: {steps: 50, dense_warmup: 15}     # steps [0, dense_warmup) and any uncovered step run dense
+    buckets:
+      - steps: [15, 50]                         # half-open step range
+        layers:
+          - layer: 0
+            heads:
+              - {head: 0, pattern: dense}
+              - head: 1
+                groups:
+                  - dt: [0, 1]                  # temporal tile distances, inclusive
+                    windows: [[3, 5], [1, 10]]  # (h, w) in tiles, at most two
+                recall: 0.93                    # optional: from the search
+                density: 0.31                   # optional: block density of this head
+    search: {...}        # optional: the search settings
+    provenance: {...}    # kind (example | searched), profile hash, tool version, date, arguments
+    summary: {...}       # optional: density, recall_mean, recall_min, est_speedup
+
+Every error names its path, e.g. ``buckets[1].layers[3].heads[7].groups[0].windows[1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compact_attn.mask import BlockSparseMask
+from compactsearch._io import atomic_write_text, dump_yaml, read_yaml
+from compactsearch.errors import InputError
+from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
+from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+from compactsearch.tiling import BLOCK_SIZES, TileLayout
+
+__all__ = ["FORMAT", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config"]
+
+FORMAT = "compactsearch/v1"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    head: int
+    pattern: Pattern
+    recall: float | None = None
+    density: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    layer: int
+    heads: tuple[HeadConfig, ...]
+
+    def patterns(self) -> list[Pattern]:
+        return [h.pattern for h in self.heads]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Steps ``[start, end)`` share these per-layer patterns."""
+
+    steps: tuple[int, int]
+    layers: tuple[LayerConfig, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    model_id: str
+    adapter: str
+    geometry: VideoGeometry
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    tile: tuple[int, int, int]
+    block_size: int
+    num_steps: int
+    dense_warmup: int
+    buckets: tuple[Bucket, ...]
+    search: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------- derived
+    def layout(self) -> TileLayout:
+        return TileLayout(self.geometry, self.tile, self.block_size)
+
+    def layer_mask(self, bucket: int, layer: int, layout: TileLayout | None = None) -> BlockSparseMask:
+        return build_layer_mask(self.buckets[bucket].layers[layer].patterns(), layout or self.layout())
+
+    def bucket_for_step(self, step: int) -> int | None:
+        """Index of the bucket that runs ``step``, or None when the step runs dense."""
+        if step < self.dense_warmup:
+            return None
+        for i, b in enumerate(self.buckets):
+            if b.steps[0] <= step < b.steps[1]:
+                return i
+        return None
+
+    def masks(self, progress=None):
+        """Yield ``(bucket, layer, BlockSparseMask)`` for every layer of every bucket."""
+        layout = self.layout()
+        for bi, b in enumerate(self.buckets):
+            for li in range(len(b.layers)):
+                yield bi, li, self.layer_mask(bi, li, layout)
+                if progress is not None:
+                    progress()
+
+    # ---------------------------------------------------------------- I/O
+    def to_dict(self) -> dict:
+        g = self.geometry
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "model": {"id": self.model_id, "adapter": self.adapter},
+            "geometry": {
+                **g.to_dict(),
+                "layers": self.num_layers,
+                "heads": self.num_heads,
+                "head_dim": self.head_dim,
+            },
+            "tiling": {"tile": list(self.tile), "block_size": self.block_size},
+            "schedule": {"steps": self.num_steps, "dense_warmup": self.dense_warmup},
+            "buckets": [],
+        }
+        for b in self.buckets:
+            layers = []
+            for lc in b.layers:
+                heads = []
+                for hc in lc.heads:
+                    entry: dict[str, Any] = {"head": hc.head}
+                    y = hc.pattern.to_yaml()
+                    if y == "dense":
+                        entry["pattern"] = "dense"
+                    else:
+                        entry["groups"] = y
+                    if hc.recall is not None:
+                        entry["recall"] = round(float(hc.recall), 5)
+                    if hc.density is not None:
+                        entry["density"] = round(float(hc.density), 5)
+                    heads.append(entry)
+                layers.append({"layer": lc.layer, "heads": heads})
+            out["buckets"].append({"steps": list(b.steps), "layers": layers})
+        for key in ("search", "provenance", "summary"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+    def save(self, path: Path) -> None:
+        """Write the YAML atomically."""
+        atomic_write_text(Path(path), dump_yaml(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        return load_config(path)
+
+
+# ----------------------------------------------------------------------------------------- strict parser
+_TOP_KEYS = {"format", "model", "geometry", "tiling", "schedule", "buckets", "search", "provenance", "summary"}
+
+
+def _fail(path: str, msg: str) -> InputError:
+    return InputError(f"{path}: {msg}")
+
+
+def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(x, dict):
+        raise _fail(path, f"expected a mapping, got {_tname(x)}")
+    unknown = [k for k in x if k not in required and k not in optional]
+    if unknown:
+        allowed = ", ".join(sorted(required | set(optional)))
+        raise _fail(f"{path}.{unknown[0]}" if path else str(unknown[0]), f"unknown key (allowed: {allowed})")
+    missing = sorted(required - set(x))
+    if missing:
+        raise _fail(path or "config", f"missing required key '{missing[0]}'")
+    return x
+
+
+def _tname(x) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def _int(x, path: str, lo: int | None = None) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise _fail(path, f"expected an integer, got {_tname(x)} {x!r}")
+    if lo is not None and x < lo:
+        raise _fail(path, f"must be >= {lo}, got {x}")
+    return x
+
+
+def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
+        raise _fail(path, f"expected a number, got {_tname(x)} {x!r}")
+    if not lo <= x <= hi:
+        raise _fail(path, f"must lie in [{lo}, {hi}], got {x}")
+    return float(x)
+
+
+def _str(x, path: str) -> str:
+    if not isinstance(x, str) or not x:
+        raise _fail(path, f"expected a non-empty string, got {_tname(x)} {x!r}")
+    return x
+
+
+def _list(x, path: str, n: int | None = None) -> list:
+    if not isinstance(x, list):
+        raise _fail(path, f"expected a list, got {_tname(x)}")
+    if n is not None and len(x) != n:
+        raise _fail(path, f"expected {n} entries, got {len(x)}")
+    return x
+
+
+def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
+    if "pattern" in entry and "groups" in entry:
+        raise _fail(path, "give either 'pattern: dense' or 'groups', not both")
+    if "pattern" in entry:
+        if entry["pattern"] != "dense":
+            raise _fail(f"{path}.pattern", f"the only named pattern is 'dense', got {entry['pattern']!r}")
+        return Pattern.dense()
+    if "groups" not in entry:
+        raise _fail(path, "missing 'groups' (or 'pattern: dense')")
+    groups = []
+    nt, nh, nw = grid
+    raw = _list(entry["groups"], f"{path}.groups")
+    if not raw:
+        raise _fail(f"{path}.groups", "needs at least one frame group (use 'pattern: dense' for full attention)")
+    prev_hi = -1
+    for gi, g in enumerate(raw):
+        gp = f"{path}.groups[{gi}]"
+        g = _mapping(g, gp, {"dt", "windows"})
+        dt = _list(g["dt"], f"{gp}.dt", 2)
+        lo, hi = _int(dt[0], f"{gp}.dt[0]", 0), _int(dt[1], f"{gp}.dt[1]", 0)
+        if lo > hi:
+            raise _fail(f"{gp}.dt", f"[lo, hi] needs lo <= hi, got [{lo}, {hi}]")
+        if lo <= prev_hi:
+            raise _fail(f"{gp}.dt",
+                        f"groups must be ascending and disjoint; starts at {lo}, previous ends at {prev_hi}")
+        if hi > nt - 1:
+            raise _fail(f"{gp}.dt",
+                        f"distance {hi} is larger than the grid allows ({nt} tile frames: at most {nt - 1})")
+        prev_hi = hi
+        wins = _list(g["windows"], f"{gp}.windows")
+        if not 1 <= len(wins) <= 2:
+            raise _fail(f"{gp}.windows", f"needs 1 or 2 windows, got {len(wins)}")
+        windows = []
+        for wi, w in enumerate(wins):
+            wp = f"{gp}.windows[{wi}]"
+            w = _list(w, wp, 2)
+            h_, w_ = _int(w[0], f"{wp}[0]", 1), _int(w[1], f"{wp}[1]", 1)
+            if h_ > nh or w_ > nw:
+                raise _fail(wp, f"window [{h_}, {w_}] is larger than the tile grid [{nh}, {nw}] (rows, cols)")
+            windows.append(Window(h_, w_))
+        groups.append(FrameGroup(lo, hi, tuple(windows)))
+    return Pattern(tuple(groups))
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    """Validate a parsed YAML mapping into a Config; errors name the path."""
+    d = _mapping(data, "", {"format", "model", "geometry", "tiling", "schedule", "buckets"},
+                 {"search", "provenance", "summary"})
+    if d["format"] != FORMAT:
+        raise _fail("format", f"expected '{FORMAT}', got {d['format']!r}: this tool reads format version 1 only")
+    m = _mapping(d["model"], "model", {"id", "adapter"})
+    g = _mapping(d["geometry"], "geometry", {"frames", "height", "width", "layers", "heads", "head_dim"},
+                 {"text_tokens", "text_position"})
+    for k in ("frames", "height", "width", "layers", "heads", "head_dim"):
+        _int(g[k], f"geometry.{k}", 1)
+    text_tokens = _int(g.get("text_tokens", 0), "geometry.text_tokens", 0)
+    text_position = g.get("text_position", "none")
+    if text_position not in TEXT_POSITIONS:
+        raise _fail("geometry.text_position", f"must be one of {', '.join(TEXT_POSITIONS)}, got {text_position!r}")
+    geometry = VideoGeometry(g["frames"], g["height"], g["width"], text_tokens, text_position)
+    t = _mapping(d["tiling"], "tiling", {"tile", "block_size"})
+    tile = tuple(_int(x, f"tiling.tile[{i}]", 1) for i, x in enumerate(_list(t["tile"], "tiling.tile", 3)))
+    block_size = _int(t["block_size"], "tiling.block_size", 1)
+    if block_size not in BLOCK_SIZES:
+        raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    layout = TileLayout(geometry, tile, block_size)
+    s = _mapping(d["schedule"], "schedule", {"steps", "dense_warmup"})
+    num_steps = _int(s["steps"], "schedule.steps", 1)
+    warmup = _int(s["dense_warmup"], "schedule.dense_warmup", 0)
+    if warmup > num_steps:
+        raise _fail("schedule.dense_warmup", f"{warmup} is more than schedule.steps ({num_steps})")
+    L, H = g["layers"], g["heads"]
+    buckets = []
+    prev_end = warmup
+    for bi, b in enumerate(_list(d["buckets"], "buckets")):
+        bp = f"buckets[{bi}]"
+        b = _mapping(b, bp, {"steps", "layers"})
+        st = _list(b["steps"], f"{bp}.steps", 2)
+        a, e = _int(st[0], f"{bp}.steps[0]", 0), _int(st[1], f"{bp}.steps[1]", 0)
+        if not prev_end <= a < e <= num_steps:
+            raise _fail(f"{bp}.steps", f"[{a}, {e}) must be non-empty, after dense warm-up and earlier buckets "
+                        f"(from {prev_end}) and within schedule.steps ({num_steps})")
+        prev_end = e
+        layers_raw = _list(b["layers"], f"{bp}.layers")
+        if len(layers_raw) != L:
+            raise _fail(f"{bp}.layers", f"has {len(layers_raw)} layers but geometry.layers is {L}")
+        layers = []
+        for li, lc in enumerate(layers_raw):
+            lp = f"{bp}.layers[{li}]"
+            lc = _mapping(lc, lp, {"layer", "heads"})
+            if _int(lc["layer"], f"{lp}.layer", 0) != li:
+                raise _fail(f"{lp}.layer", f"expected layer {li} here (layers are listed in order), got {lc['layer']}")
+            heads_raw = _list(lc["heads"], f"{lp}.heads")
+            if len(heads_raw) != H:
+                raise _fail(f"{lp}.heads", f"has {len(heads_raw)} heads but geometry.heads is {H}")
+            heads = []
+            for hi, hc in enumerate(heads_raw):
+                hp = f"{lp}.heads[{hi}]"
+                hc = _mapping(hc, hp, {"head"}, {"pattern", "groups", "recall", "density"})
+                if _int(hc["head"], f"{hp}.head", 0) != hi:
+                    raise _fail(f"{hp}.head", f"expected head {hi} here (heads are listed in order), got {hc['head']}")
+                pattern = _pattern(hc, hp, layout.grid_thw)
+                recall = _float(hc["recall"], f"{hp}.recall") if "recall" in hc else None
+                density = _float(hc["density"], f"{hp}.density") if "density" in hc else None
+                heads.append(HeadConfig(hi, pattern, recall, density))
+            layers.append(LayerConfig(li, tuple(heads)))
+        buckets.append(Bucket((a, e), tuple(layers)))
+    extras = {}
+    for key in ("search", "provenance", "summary"):
+        v = d.get(key, {}) or {}
+        if not isinstance(v, dict):
+            raise _fail(key, f"expected a mapping, got {_tname(v)}")
+        extras[key] = v
+    return Config(
+        model_id=_str(m["id"], "model.id"),
+        adapter=_str(m["adapter"], "model.adapter"),
+        geometry=geometry,
+        num_layers=L,
+        num_heads=H,
+        head_dim=g["head_dim"],
+        tile=tile,
+        block_size=block_size,
+        num_steps=num_steps,
+        dense_warmup=warmup,
+        buckets=tuple(buckets),
+        **extras,
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Load and strictly validate a config YAML. Raises InputError naming the file and the path inside it."""
+    data = read_yaml(Path(path), "config")
+    try:
+        return config_from_dict(data)
+    except InputError as e:
+        raise InputError(f"config {path}: {e}") from e
+
+
+def summarize(config: Config) -> dict:
+    """Whole-config numbers: block density over sparse steps and all steps, recall mean/min where known."""
+    layout = config.layout()
+    nb = layout.num_blocks
+    per_bucket = []
+    recalls = []
+    for bi, b in enumerate(config.buckets):
+        blocks = 0
+        for li in range(len(b.layers)):
+            blocks += config.layer_mask(bi, li, layout).computed_blocks()
+        per_bucket.append(blocks / (config.num_layers * config.num_heads * nb * nb))
+        recalls += [h.recall for lc in b.layers for h in lc.heads if h.recall is not None]
+    sparse_steps = [b.steps[1] - b.steps[0] for b in config.buckets]
+    total_sparse = sum(sparse_steps)
+    density_sparse = sum(d * n for d, n in zip(per_bucket, sparse_steps)) / max(total_sparse, 1)
+    density_all = (density_sparse * total_sparse + (config.num_steps - total_sparse)) / config.num_steps
+    out = {
+        "density": round(density_sparse, 5),
+        "density_all_steps": round(density_all, 5),
+        "bucket_density": [round(x, 5) for x in per_bucket],
+        "est_attention_speedup": round(1.0 / density_all, 3),
+    }
+    if recalls:
+        t = torch.tensor(recalls)
+        out["recall_mean"] = round(float(t.mean()), 5)
+        out["recall_min"] = round(float(t.min()), 5)
+    return out

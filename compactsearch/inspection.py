@@ -1,0 +1,49 @@
+"""Readable pictures of a config's heads (ASCII, for terminals)."""
+
+from __future__ import annotations
+
+from compactsearch.config import Config
+from compactsearch.patterns import tile_mask
+
+__all__ = ["head_picture", "window_picture"]
+
+
+def window_picture(config: Config, bucket: int, layer: int, head: int) -> str:
+    """For a query tile in the middle of the video: one tile-grid map per temporal distance.
+
+    ``Q`` is the query tile, ``#`` a key tile attended at that distance, ``.`` a skipped one.
+    """
+    layout = config.layout()
+    pattern = config.buckets[bucket].layers[layer].heads[head].pattern
+    nt, nh, nw = layout.grid_thw
+    qt, qh, qw = nt // 2, nh // 2, nw // 2
+    tm = tile_mask(pattern, layout)
+    seq_of_tile = {int(t): i for i, t in enumerate(layout.order.tolist())}
+    qid = qt * nh * nw + qh * nw + qw
+    row = tm[seq_of_tile[qid]]
+    lines = [f"query tile (t={qt}, h={qh}, w={qw}) of a {nt}x{nh}x{nw} tile grid; key tiles by frame distance:"]
+    for dt in range(0, nt - qt):
+        t = qt + dt
+        lines.append(f"  dt={dt} (tile frame {t}):")
+        for h in range(nh):
+            chars = []
+            for w in range(nw):
+                tid = t * nh * nw + h * nw + w
+                chars.append("Q" if tid == qid else ("#" if bool(row[seq_of_tile[tid]]) else "."))
+            lines.append("    " + "".join(chars))
+    return "\n".join(lines)
+
+
+def head_picture(config: Config, bucket: int, layer: int, head: int, max_size: int = 64) -> str:
+    """The head's pattern, its windows around a middle query tile, and its block mask (downsampled)."""
+    hc = config.buckets[bucket].layers[layer].heads[head]
+    mask = config.layer_mask(bucket, layer)
+    d = float(mask.head_density()[head])
+    recall = "" if hc.recall is None else f", recall {hc.recall:.3f}"
+    text = [f"bucket {bucket} layer {layer} head {head}: {hc.pattern.describe()} (density {d:.3f}{recall})", ""]
+    text.append(window_picture(config, bucket, layer, head))
+    text.append("")
+    text.append(f"block mask ({mask.num_q_blocks}x{mask.num_kv_blocks} blocks; '#' computed, query blocks down, "
+                f"key blocks across; downsampled to at most {max_size}):")
+    text.append(mask.ascii(head, max_size=max_size))
+    return "\n".join(text)

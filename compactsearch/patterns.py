@@ -1,0 +1,348 @@
+"""The pattern language and pattern -> block mask.
+
+Per (step bucket, layer, head) a pattern is either dense or a list of **frame groups**. A frame group covers
+key tiles whose temporal tile distance ``|dt|`` lies in an inclusive range ``[dt_lo, dt_hi]``; distances no
+group covers are skipped. Inside a group the spatial mask around the query tile is the union of up to two
+windows, each ``(h, w)`` tiles centred on the query tile and shifted inward at the grid border so it keeps its
+size (a window larger than the grid is clipped to it). One rectangle is a local window, two thin orthogonal
+ones make a cross, a window covering the frame makes the group global.
+
+Everything here is vectorised torch on the tile grid; the block mask follows from the tile mask by OR-ing the
+contiguous tile ranges each kernel block covers (see `compactsearch.tiling`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from compact_attn.mask import BlockSparseMask
+from compactsearch.errors import InputError
+from compactsearch.tiling import TileLayout
+
+__all__ = [
+    "Window",
+    "FrameGroup",
+    "Pattern",
+    "tile_mask",
+    "block_mask_from_tile_mask",
+    "tile_masks",
+    "block_masks_from_tile_masks",
+    "layer_block_masks",
+    "pattern_block_mask",
+    "build_layer_mask",
+    "pattern_token_density",
+    "reference_local_pattern",
+    "reference_panel",
+]
+
+MAX_WINDOWS = 2
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of ``h x w`` tiles centred on the query tile."""
+
+    h: int
+    w: int
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in (self.h, self.w)):
+            raise InputError(f"a window is two positive integers [h, w] in tiles, got [{self.h!r}, {self.w!r}]")
+
+
+@dataclass(frozen=True)
+class FrameGroup:
+    """Key tiles at temporal tile distance ``dt_lo <= |dt| <= dt_hi`` use the union of ``windows``."""
+
+    dt_lo: int
+    dt_hi: int
+    windows: tuple[Window, ...]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.dt_lo, int) and isinstance(self.dt_hi, int) and 0 <= self.dt_lo <= self.dt_hi):
+            raise InputError(f"dt must be [lo, hi] with 0 <= lo <= hi, got [{self.dt_lo!r}, {self.dt_hi!r}]")
+        if not 1 <= len(self.windows) <= MAX_WINDOWS:
+            raise InputError(f"a frame group has 1 or {MAX_WINDOWS} windows, got {len(self.windows)}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Dense (``groups is None``) or frame groups with disjoint, ascending distance ranges."""
+
+    groups: tuple[FrameGroup, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            return
+        for a, b in zip(self.groups, self.groups[1:]):
+            if b.dt_lo <= a.dt_hi:
+                raise InputError(
+                    "frame groups must be ascending and disjoint: "
+                    f"dt [{a.dt_lo}, {a.dt_hi}] then [{b.dt_lo}, {b.dt_hi}]"
+                )
+
+    @classmethod
+    def dense(cls) -> Pattern:
+        return cls(None)
+
+    @classmethod
+    def local(cls, dt: int, h: int, w: int) -> Pattern:
+        """One window ``(h, w)`` for every distance up to ``dt``."""
+        return cls((FrameGroup(0, dt, (Window(h, w),)),))
+
+    @property
+    def is_dense(self) -> bool:
+        return self.groups is None
+
+    def check_grid(self, grid_thw: tuple[int, int, int]) -> str | None:
+        """A message naming the first part that does not fit the tile grid, else None."""
+        if self.groups is None:
+            return None
+        nt, nh, nw = grid_thw
+        for gi, g in enumerate(self.groups):
+            if g.dt_hi > nt - 1:
+                return f"groups[{gi}].dt: distance {g.dt_hi} exceeds the grid's largest, {nt - 1} (tile frames {nt})"
+            for wi, win in enumerate(g.windows):
+                if win.h > nh or win.w > nw:
+                    return (
+                        f"groups[{gi}].windows[{wi}]: window [{win.h}, {win.w}] is larger than the tile grid "
+                        f"[{nh}, {nw}] (rows, cols)"
+                    )
+        return None
+
+    def to_yaml(self):
+        if self.groups is None:
+            return "dense"
+        return [{"dt": [g.dt_lo, g.dt_hi], "windows": [[w.h, w.w] for w in g.windows]} for g in self.groups]
+
+    def describe(self) -> str:
+        if self.groups is None:
+            return "dense"
+        parts = []
+        for g in self.groups:
+            wins = "+".join(f"{w.h}x{w.w}" for w in g.windows)
+            parts.append(f"dt{g.dt_lo}-{g.dt_hi}:{wins}")
+        return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------- masks
+@functools.lru_cache(maxsize=4096)
+def _axis_window(n: int, size: int) -> torch.Tensor:
+    """``[n, n]`` bool: key tile k inside the size-``size`` window of query tile q on an n-tile axis."""
+    ar = torch.arange(n)
+    size = min(size, n)
+    start = torch.clamp(ar - size // 2, 0, n - size)
+    return (ar[None, :] >= start[:, None]) & (ar[None, :] < start[:, None] + size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spatial(nh: int, nw: int, windows: tuple[Window, ...]) -> torch.Tensor:
+    """``[nh*nw, nh*nw]`` bool: the union of the windows around each query tile position."""
+    s = torch.zeros(nh, nw, nh, nw, dtype=torch.bool)
+    for win in windows:
+        s |= _axis_window(nh, win.h)[:, None, :, None] & _axis_window(nw, win.w)[None, :, None, :]
+    return s.view(nh * nw, nh * nw)
+
+
+def _regions(layout: TileLayout) -> list[tuple]:
+    """The tile grid cut into product sub-grids: per axis the run of full tiles and the partial last tile.
+
+    Returns ``(t, h, w, seq, start, perm)`` per region: the axis coordinates it spans, the sequence position of
+    each of its tiles (raster order inside the region), the first sequence position when the region is
+    contiguous in the sequence (else None), and the snake permutation inside it (None when raster).
+    """
+    cached = getattr(layout, "_regions_cache", None)
+    if cached is not None:
+        return cached
+    grid = layout.grid_thw
+    parts = []
+    for a, n in enumerate(grid):
+        full = int((layout.axis_sizes[a] == layout.tile_thw[a]).sum())
+        axis = [torch.arange(full)] if full else []
+        if full < n:
+            axis.append(torch.tensor([n - 1]))
+        parts.append(axis)
+    rank = torch.empty_like(layout.order)
+    rank[layout.order] = torch.arange(layout.order.numel())
+    nh, nw = grid[1], grid[2]
+    out = []
+    for t, h, w in itertools.product(*parts):
+        ids = ((t[:, None, None] * nh + h[None, :, None]) * nw + w[None, None, :]).flatten()
+        seq = rank[ids]
+        start = int(seq.min())
+        # The tile order keeps each region contiguous (regions are the faces of `tiling._tile_order`); inside
+        # a region it walks a snake: `perm[i]` is the raster index, within the region, of sequence slot i.
+        contiguous = int(seq.max()) - start + 1 == seq.numel()
+        perm = torch.argsort(seq) if contiguous else None
+        if perm is not None and torch.equal(perm, torch.arange(seq.numel())):
+            perm = None
+        out.append((t, h, w, seq, start if contiguous else None, perm))
+    object.__setattr__(layout, "_regions_cache", out)
+    return out
+
+
+def tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
+    """Allowed (query tile, key tile) pairs of several patterns, ``[P, num_tiles, num_tiles]`` bool, sequence order.
+
+    A pattern's mask is an OR over its frame groups of (temporal group mask) x (spatial window union): a
+    Kronecker structure on every product sub-grid of tiles. The grid splits into such sub-grids (the full
+    tiles, the partial faces, edges and corner), so each pair of them is filled with broadcast ANDs, no
+    per-tile work.
+    """
+    nt, nh, nw = layout.grid_thw
+    n, ns, P = layout.num_tiles, nh * nw, len(patterns)
+    G = max([len(p.groups) for p in patterns if not p.is_dense] + [1])
+    # uint8 0/1 factors: broadcast uint8 products vectorise far better on CPU than bool ANDs or matmuls.
+    temporal = torch.zeros(P, G, nt, nt, dtype=torch.uint8)
+    spatial = torch.zeros(P, G, ns, ns, dtype=torch.uint8)
+    ar = torch.arange(nt)
+    dist = (ar[:, None] - ar[None, :]).abs()
+    for pi, p in enumerate(patterns):
+        if p.is_dense:
+            temporal[pi, 0] = 1
+            spatial[pi, 0] = 1
+            continue
+        for gi, g in enumerate(p.groups):
+            temporal[pi, gi] = (dist >= g.dt_lo) & (dist <= g.dt_hi)
+            spatial[pi, gi] = _spatial(nh, nw, g.windows)
+    m = torch.empty(P, n, n, dtype=torch.bool)
+    regions = _regions(layout)
+    for ta, ha, wa, pos_a, start_a, perm_a in regions:
+        sa = (ha[:, None] * nw + wa[None, :]).flatten()
+        t_rows, s_rows = temporal[:, :, ta], spatial[:, :, sa]
+        for tb, hb, wb, pos_b, start_b, perm_b in regions:
+            sb = (hb[:, None] * nw + wb[None, :]).flatten()
+            tg, sg = t_rows[:, :, :, tb], s_rows[:, :, :, sb]  # [P, G, |ta|, |tb|], [P, G, |sa|, |sb|]
+            # OR over groups of (temporal x spatial), laid out [P, qt, qs, kt, ks] = sequence order here
+            blk = tg[:, 0, :, None, :, None] * sg[:, 0, None, :, None, :]
+            for g in range(1, G):
+                blk |= tg[:, g, :, None, :, None] * sg[:, g, None, :, None, :]
+            blk = blk.view(torch.bool).reshape(P, pos_a.numel(), pos_b.numel())
+            if start_a is None or start_b is None:  # not expected for the built-in tile order
+                m[:, pos_a[:, None], pos_b[None, :]] = blk
+                continue
+            if perm_a is not None:
+                blk = blk.index_select(1, perm_a)
+            if perm_b is not None:
+                blk = blk.index_select(2, perm_b)
+            m[:, start_a : start_a + pos_a.numel(), start_b : start_b + pos_b.numel()] = blk
+    return m
+
+
+def tile_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """Allowed (query tile, key tile) pairs, ``[num_tiles, num_tiles]`` bool, in sequence (tile) order."""
+    return tile_masks([pattern], layout)[0]
+
+
+def _blocks_or(x: torch.Tensor, layout: TileLayout, dim: int) -> torch.Tensor:
+    """Collapse the tile axis ``dim`` of ``x`` to video blocks: OR over the tiles each block covers.
+
+    Blocks inside one tile (all full-tile blocks) are a plain gather; the few blocks that straddle several
+    partial tiles OR a short contiguous range of tiles.
+    """
+    first, last = layout.block_first_tile, layout.block_last_tile
+    if layout.tile_tokens == layout.block_size and layout.num_full_tiles == layout.num_tiles:
+        return x  # every block is exactly one tile
+    # Leading blocks that are exactly one tile each (one-block tiles): a plain copy, no gather.
+    lead = layout.num_full_tiles if layout.tile_tokens == layout.block_size else 0
+    rest = x.index_select(dim, first[lead:])
+    multi = torch.nonzero(last[lead:] > first[lead:]).flatten()
+    if multi.numel():
+        f, l = first[lead:][multi], last[lead:][multi]
+        span = int((l - f).max()) + 1
+        idx = torch.clamp(f[:, None] + torch.arange(span), max=l[:, None])  # [m, span]
+        picked = x.index_select(dim, idx.flatten())
+        shape = list(x.shape)
+        shape[dim : dim + 1] = [multi.numel(), span]
+        rest.index_copy_(dim, multi, picked.view(shape).any(dim + 1))
+    return torch.cat([x.narrow(dim, 0, lead), rest], dim=dim) if lead else rest
+
+
+def block_masks_from_tile_masks(tmasks: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+    """Kernel blocks to compute, ``[P, num_blocks, num_blocks]`` bool, from sequence-order tile masks
+    ``[P, num_tiles, num_tiles]``.
+
+    A block is computed when any tile pair it covers is allowed; blocks holding text are dense both ways.
+    """
+    nvb, nb = layout.num_video_blocks, layout.num_blocks
+    video = _blocks_or(_blocks_or(tmasks, layout, 1), layout, 2)
+    if nb == nvb and layout.geometry.text_tokens == 0:
+        return video
+    out = torch.ones(tmasks.shape[0], nb, nb, dtype=torch.bool)
+    out[:, :nvb, :nvb] = video
+    t0 = layout.text_block_start
+    out[:, t0:, :] = True
+    out[:, :, t0:] = True
+    return out
+
+
+def block_mask_from_tile_mask(tmask: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+    """``[num_blocks, num_blocks]`` bool block mask from one sequence-order tile mask ``[num_tiles, num_tiles]``."""
+    return block_masks_from_tile_masks(tmask[None], layout)[0]
+
+
+def pattern_block_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """``[num_blocks, num_blocks]`` bool block mask of one head."""
+    if pattern.is_dense:
+        return torch.ones(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
+    return block_mask_from_tile_mask(tile_mask(pattern, layout), layout)
+
+
+def layer_block_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
+    """``[H, num_blocks, num_blocks]`` bool block masks of one layer; identical patterns are built once."""
+    unique = list(dict.fromkeys(patterns))
+    where = {p: i for i, p in enumerate(unique)}
+    masks = block_masks_from_tile_masks(tile_masks(unique, layout), layout)
+    if len(unique) == len(patterns):
+        return masks
+    return masks[torch.tensor([where[p] for p in patterns])]
+
+
+def build_layer_mask(patterns: Sequence[Pattern], layout: TileLayout) -> BlockSparseMask:
+    """The `BlockSparseMask` of one layer: one pattern per head."""
+    dense = layer_block_masks(patterns, layout)
+    return BlockSparseMask.from_dense(dense, layout.block_size, layout.block_size, layout.seq_len)
+
+
+def pattern_token_density(pattern: Pattern, layout: TileLayout) -> float:
+    """Fraction of all (query, key) token pairs the pattern allows, text included."""
+    if pattern.is_dense:
+        return 1.0
+    s = layout.tile_sizes[layout.order].to(torch.float64)
+    video = float(s @ tile_mask(pattern, layout).to(torch.float64) @ s)
+    n, nv = float(layout.seq_len), float(layout.geometry.video_tokens)
+    return (video + n * n - nv * nv) / (n * n)
+
+
+def reference_local_pattern(layout: TileLayout, density: float = 0.3) -> Pattern:
+    """A local 3D window whose token density is closest to ``density``, as balanced across axes as possible."""
+    nt, nh, nw = layout.grid_thw
+    best, best_key = Pattern.local(nt - 1, nh, nw), None
+    for dt in range(nt):
+        t_frac = min(nt, 2 * dt + 1) / nt
+        s_frac = min(1.0, (density / t_frac) ** 0.5)
+        p = Pattern.local(dt, max(1, round(s_frac * nh)), max(1, round(s_frac * nw)))
+        key = (round(abs(pattern_token_density(p, layout) - density), 2), abs(t_frac - s_frac))
+        if best_key is None or key < best_key:
+            best, best_key = p, key
+    return best
+
+
+def reference_panel(layout: TileLayout) -> list[Pattern]:
+    """Patterns that judge a tiling: a ~30% local window, a cross of thin bands, a time-decaying local window."""
+    nt, nh, nw = layout.grid_thw
+    last = nt - 1
+
+    def frac(n: int, f: float) -> int:
+        return max(1, min(n, round(n * f)))
+
+    cross = Pattern((FrameGroup(0, last, (Window(frac(nh, 0.25), nw), Window(nh, frac(nw, 0.2)))),))
+    groups = [FrameGroup(0, min(1, last), (Window(frac(nh, 0.6), frac(nw, 0.6)),))]
+    if last >= 2:
+        groups.append(FrameGroup(2, last, (Window(frac(nh, 0.3), frac(nw, 0.3)),)))
+    return [reference_local_pattern(layout), cross, Pattern(tuple(groups))]

@@ -1,0 +1,294 @@
+"""Tile layout: the permutation from the model's token order to tile order, and blocks <-> tiles.
+
+Video tokens are grouped into 3D tiles of ``tile_thw = (tt, th, tw)`` tokens so that one kernel block holds
+neighbours in space and time. The tile grid is ``ceil(frames/tt) x ceil(height/th) x ceil(width/tw)``;
+tiles on the far edges are partial. Tile order (the order the kernel sees) is::
+
+    [full tiles, raster order][partial tiles, raster order][text tokens]
+
+Inside a tile tokens keep raster order. When ``tt*th*tw`` is a multiple of ``block_size`` every full tile is a
+whole number of kernel blocks; partial tiles are packed densely after them, so a block there may straddle a few
+neighbouring partial tiles, and the last video block may share its slots with the first text tokens. Nothing
+is padded: the tile-order sequence is a pure permutation of the model's sequence, of the same length.
+
+The cost of that packing is the *tiling waste*: token pairs the kernel computes (whole blocks, the ragged
+sequence tail counted as a full block) over the token pairs the tile-level pattern allows, minus one.
+`default_tile_shape` picks, per geometry, the tile shape with the least waste for a ~30% local window.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from compactsearch.errors import InputError
+from compactsearch.geometry import VideoGeometry
+
+__all__ = ["TileLayout", "default_tile_shape", "default_tiling", "panel_waste", "BLOCK_SIZES", "WASTE_TARGET"]
+
+BLOCK_SIZES = (64, 128)
+
+
+def _axis_tiles(length: int, tile: int) -> torch.Tensor:
+    """Sizes of the tiles along one axis of ``length`` tokens cut into ``tile``-token pieces. Shape ``[n]``."""
+    n = math.ceil(length / tile)
+    sizes = torch.full((n,), tile, dtype=torch.int64)
+    sizes[-1] = length - tile * (n - 1)
+    return sizes
+
+
+@dataclass(frozen=True, eq=False)
+class TileLayout:
+    """Token order <-> tile order for one geometry, tile shape and kernel block size.
+
+    Attributes (all tensors int64 on CPU):
+        grid_thw: number of tiles per axis ``(nt, nh, nw)``; ``num_tiles = nt*nh*nw``.
+        axis_sizes: per axis, ``[n]`` tokens of each tile along that axis (the last may be short).
+        tile_coords: ``[num_tiles, 3]`` grid coordinates of each tile, indexed by tile id (raster order).
+        tile_sizes: ``[num_tiles]`` tokens in each tile (smaller on the far edges).
+        order: ``[num_tiles]`` tile ids in sequence (tile) order: full tiles first, then partial ones.
+        perm: ``[seq_len]`` model-order index of the token at each tile-order position
+            (``x_tile = x[..., perm, :]``).
+        inv_perm: ``[seq_len]`` the inverse (``x = x_tile[..., inv_perm, :]``).
+        block_first_tile / block_last_tile: ``[num_video_blocks]`` the first and last sequence-order tile
+            position each video-carrying block touches (a contiguous range).
+        num_blocks: ``ceil(seq_len / block_size)``; blocks ``>= text_block_start`` hold text tokens.
+    """
+
+    geometry: VideoGeometry
+    tile_thw: tuple[int, int, int]
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        g = self.geometry
+        if len(self.tile_thw) != 3 or any((not isinstance(t, int)) or t < 1 for t in self.tile_thw):
+            raise InputError(f"tiling.tile must be three positive integers (frames, rows, cols), got {self.tile_thw!r}")
+        if self.block_size not in BLOCK_SIZES:
+            raise InputError(f"tiling.block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        tile_tokens = math.prod(self.tile_thw)
+        if tile_tokens % self.block_size:
+            raise InputError(
+                f"tiling.tile {list(self.tile_thw)} holds {tile_tokens} tokens, not a multiple of block_size "
+                f"{self.block_size}: pick a tile whose product is a multiple of {self.block_size}"
+            )
+        sizes = [_axis_tiles(length, t) for length, t in zip(g.thw, self.tile_thw)]
+        grid = tuple(len(s) for s in sizes)
+        ct, ch, cw = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+        coords = torch.stack([ct.flatten(), ch.flatten(), cw.flatten()], dim=1)
+        tile_sizes = sizes[0][coords[:, 0]] * sizes[1][coords[:, 1]] * sizes[2][coords[:, 2]]
+        full = tile_sizes == tile_tokens
+        order = _tile_order(coords, sizes, self.tile_thw, full)
+
+        # Model-order index of every video token, grouped by tile in sequence order. A stable sort by the
+        # tile's sequence rank keeps raster order inside each tile.
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel())
+        video = torch.argsort(rank[self._tile_of_token(grid)], stable=True) + g.video_offset
+        text_start = 0 if g.text_position == "front" else g.video_tokens
+        text = torch.arange(text_start, text_start + g.text_tokens, dtype=torch.int64)
+        perm = torch.cat([video, text])
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.numel())
+
+        # Sequence-order tile offsets -> the contiguous tile range each video block touches.
+        seq_sizes = tile_sizes[order]
+        seq_end = torch.cumsum(seq_sizes, 0)
+        nvb = math.ceil(g.video_tokens / self.block_size)
+        b_start = torch.arange(nvb) * self.block_size
+        b_end = torch.clamp(b_start + self.block_size, max=g.video_tokens)
+        first = torch.searchsorted(seq_end, b_start, right=True)
+        last = torch.searchsorted(seq_end, b_end - 1, right=True)
+
+        object.__setattr__(self, "grid_thw", grid)
+        object.__setattr__(self, "axis_sizes", tuple(sizes))
+        object.__setattr__(self, "tile_coords", coords)
+        object.__setattr__(self, "tile_sizes", tile_sizes)
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "num_full_tiles", int(full.sum()))
+        object.__setattr__(self, "perm", perm)
+        object.__setattr__(self, "inv_perm", inv)
+        object.__setattr__(self, "block_first_tile", first)
+        object.__setattr__(self, "block_last_tile", last)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def seq_len(self) -> int:
+        return self.geometry.seq_len
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(self.grid_thw)
+
+    @property
+    def tile_tokens(self) -> int:
+        return math.prod(self.tile_thw)
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.seq_len / self.block_size)
+
+    @property
+    def num_video_blocks(self) -> int:
+        return math.ceil(self.geometry.video_tokens / self.block_size)
+
+    @property
+    def text_block_start(self) -> int:
+        """First block holding a text token (== num_blocks when there is no text)."""
+        if self.geometry.text_tokens == 0:
+            return self.num_blocks
+        return self.geometry.video_tokens // self.block_size
+
+    def block_lengths(self) -> torch.Tensor:
+        """Real tokens in each block, ``[num_blocks]`` (the last one may be ragged)."""
+        start = torch.arange(self.num_blocks) * self.block_size
+        return torch.clamp(self.seq_len - start, max=self.block_size)
+
+    # ------------------------------------------------------------ permutation
+    def to_tile_order(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Reorder ``x`` (model token order along ``dim``, length seq_len) into tile order."""
+        return x.index_select(dim, self.perm.to(x.device))
+
+    def from_tile_order(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Inverse of `to_tile_order`."""
+        return x.index_select(dim, self.inv_perm.to(x.device))
+
+    # ------------------------------------------------------------- accounting
+    def block_of_token(self) -> torch.Tensor:
+        """Kernel block of every model-order token, ``[seq_len]``."""
+        return self.inv_perm // self.block_size
+
+    def tile_of_token(self) -> torch.Tensor:
+        """Tile id of every model-order video token, ``[video_tokens]`` (raster index into tile_coords)."""
+        return self._tile_of_token(self.grid_thw)
+
+    def _tile_of_token(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        g = self.geometry
+        t, h, w = (torch.arange(n) // tile for n, tile in zip(g.thw, self.tile_thw))
+        return (t[:, None, None] * (grid[1] * grid[2]) + h[None, :, None] * grid[2] + w[None, None, :]).flatten()
+
+    def tiling_waste(self, tile_mask_seq: torch.Tensor, block_mask: torch.Tensor) -> float:
+        """Computed token pairs / allowed token pairs - 1, for one head.
+
+        Args:
+            tile_mask_seq: ``[num_tiles, num_tiles]`` bool, allowed (query tile, key tile) in sequence order.
+            block_mask: ``[num_blocks, num_blocks]`` bool, the kernel blocks computed for it.
+        """
+        s = self.tile_sizes[self.order].to(torch.float64)
+        video = s @ tile_mask_seq.to(torch.float64) @ s
+        n, nv = float(self.seq_len), float(self.geometry.video_tokens)
+        allowed = video.item() + (n * n - nv * nv)  # text rows and columns are always allowed
+        computed = float(block_mask.sum()) * self.block_size**2
+        return computed / allowed - 1.0
+
+    def describe(self) -> str:
+        nt, nh, nw = self.grid_thw
+        return (
+            f"tile {self.tile_thw[0]}x{self.tile_thw[1]}x{self.tile_thw[2]} ({self.tile_tokens} tokens), "
+            f"grid {nt}x{nh}x{nw} = {self.num_tiles} tiles ({self.num_full_tiles} full), "
+            f"{self.num_blocks} blocks of {self.block_size}"
+        )
+
+
+def _tile_order(coords: torch.Tensor, sizes: list[torch.Tensor], tile_thw, full: torch.Tensor) -> torch.Tensor:
+    """Sequence order of tiles: full tiles in raster order, then partial tiles face by face.
+
+    Partial tiles are grouped by which axes are cut short (the right column, the bottom row, the last frames,
+    then their edges and corner), and walked in snake order inside each group, so consecutive partial tiles
+    are spatial neighbours: a kernel block that straddles several of them stays compact, which keeps the
+    tiling waste low.
+    """
+    grid = [len(s) for s in sizes]
+    partial_axis = torch.stack([sizes[a][coords[:, a]] < tile_thw[a] for a in range(3)], dim=1)
+    face = partial_axis[:, 0].long() * 4 + partial_axis[:, 1].long() * 2 + partial_axis[:, 2].long()
+    # Snake (boustrophedon) walk: reverse an axis whenever the walk over the outer axes is at an odd step.
+    t, h, w = coords[:, 0], coords[:, 1], coords[:, 2]
+    h_s = torch.where(t % 2 == 0, h, grid[1] - 1 - h)
+    w_s = torch.where((t * grid[1] + h_s) % 2 == 0, w, grid[2] - 1 - w)
+    snake = (t * grid[1] + h_s) * grid[2] + w_s
+    n = coords.shape[0]
+    key = torch.where(full, torch.arange(n), n + face * n + snake)
+    return torch.argsort(key)
+
+
+def _candidate_tiles(geometry: VideoGeometry, block_size: int) -> list[tuple[int, int, int]]:
+    """Compact tile shapes of 1x or 2x ``block_size`` tokens that fit the grid.
+
+    Tiles stay compact so a block holds true neighbours: at most 4 frames deep, rows and columns between 4
+    and 16 with an aspect ratio of at most 2 (the shapes STA and VSA use are in this family).
+    """
+    out = []
+    for mult in (1, 2):
+        target = block_size * mult
+        for tt in (1, 2, 4):
+            for th in (4, 8, 16):
+                tw = target // (tt * th)
+                if tt * th * tw != target or not 4 <= tw <= 16 or max(th, tw) > 2 * min(th, tw):
+                    continue
+                if tt <= geometry.frames and th <= geometry.height and tw <= geometry.width:
+                    out.append((tt, th, tw))
+    return out
+
+
+#: Largest mean tiling waste over the reference panel at which `default_tiling` keeps 128-token blocks.
+WASTE_TARGET = 0.06
+
+
+def panel_waste(layout: TileLayout) -> float:
+    """Mean tiling waste of the reference panel (local, cross, time-decaying) on this layout."""
+    from compactsearch.patterns import block_mask_from_tile_mask, reference_panel, tile_mask
+
+    wastes = []
+    for pattern in reference_panel(layout):
+        tm = tile_mask(pattern, layout)
+        wastes.append(layout.tiling_waste(tm, block_mask_from_tile_mask(tm, layout)))
+    return sum(wastes) / len(wastes)
+
+
+@functools.lru_cache(maxsize=64)
+def _best_tile(geometry: VideoGeometry, block_size: int) -> tuple[tuple[int, int, int], float]:
+    candidates = _candidate_tiles(geometry, block_size)
+    if not candidates:  # grid smaller than any tile: a single partial tile covers it
+        tile = _covering_tile(geometry, block_size)
+        return tile, panel_waste(TileLayout(geometry, tile, block_size))
+    scored = []
+    for tile in candidates:
+        waste = panel_waste(TileLayout(geometry, tile, block_size))
+        # One-block tiles build masks fastest (no gather over full tiles): prefer them unless a two-block
+        # tile saves more than one point of waste.
+        penalty = 0.01 if math.prod(tile) > block_size else 0.0
+        scored.append(((round(waste + penalty, 3), math.prod(tile), max(tile) / min(tile)), tile, waste))
+    _, tile, waste = min(scored)
+    return tile, waste
+
+
+def default_tile_shape(geometry: VideoGeometry, block_size: int = 128) -> tuple[int, int, int]:
+    """The tile shape with the least tiling waste on the reference panel (see `panel_waste`).
+
+    Candidates are compact tiles of ``block_size`` or ``2*block_size`` tokens; ties go to the smaller, more
+    cubic tile. Grids smaller than one tile get a tile that covers them.
+    """
+    return _best_tile(geometry, block_size)[0]
+
+
+def default_tiling(geometry: VideoGeometry) -> tuple[tuple[int, int, int], int]:
+    """``(tile, block_size)`` for a geometry: 128-token blocks (fastest kernel) unless their best tile wastes
+    more than `WASTE_TARGET` on the reference panel, then 64-token blocks if those waste less."""
+    tile, waste = _best_tile(geometry, 128)
+    if waste <= WASTE_TARGET:
+        return tile, 128
+    tile64, waste64 = _best_tile(geometry, 64)
+    return (tile64, 64) if waste64 < waste else (tile, 128)
+
+
+def _covering_tile(geometry: VideoGeometry, block_size: int) -> tuple[int, int, int]:
+    f, h, w = geometry.thw
+    tt = 1
+    while tt * 2 <= f and block_size % (tt * 2) == 0:
+        tt *= 2
+    th = 1
+    while th * 2 <= h and (block_size // tt) % (th * 2) == 0:
+        th *= 2
+    return (tt, th, block_size // (tt * th))

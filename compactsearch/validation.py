@@ -1,0 +1,209 @@
+"""`validate`: prove a config is well-formed, builds, and computes what it claims.
+
+Checks (each a `Check(name, ok, detail)`):
+- ``schema``: the YAML loaded under the strict v1 schema (a failure there is bad input, exit 2, not a check);
+- ``masks``: every (bucket, layer) mask builds and has the config's heads and the geometry's block count;
+- ``declared_density``: per-head densities written in the config match the built masks (within 0.005);
+- ``budget``: when the config records a search budget, overall density <= budget + 0.005;
+- ``tiling_waste``: token pairs computed / token pairs the patterns allow - 1 is at most ``max_waste``;
+- ``numerics``: the block-sparse reference attention equals dense attention restricted to the same mask on
+  random q/k/v at the config's geometry, on a sample of heads and query blocks per layer (fp32, max abs
+  error <= 1e-4);
+- ``kernel`` (optional): the bundled Triton kernel against the reference (see `compactsearch.kernel_check`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from compact_attn import reference
+from compact_attn.mask import BlockSparseMask
+from compactsearch.config import Config
+from compactsearch.patterns import block_mask_from_tile_mask, tile_mask
+from compactsearch.tiling import TileLayout
+
+__all__ = ["Check", "ValidationReport", "validate_config", "head_rows"]
+
+NUMERIC_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    ok: bool
+    density: float
+    tiling_waste: float
+    checks: tuple[Check, ...]
+    bucket_density: tuple[float, ...]
+    layer_density: tuple[tuple[float, ...], ...]  # [bucket][layer]
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "ok": self.ok,
+            "density": round(self.density, 6),
+            "tiling_waste": round(self.tiling_waste, 6),
+            "bucket_density": [round(x, 6) for x in self.bucket_density],
+            "layer_density": [[round(x, 6) for x in row] for row in self.layer_density],
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            **self.extra,
+        }
+
+
+def _sub_mask(mask: BlockSparseMask, heads: list[int]) -> BlockSparseMask:
+    return BlockSparseMask(mask.kv_num_blocks[heads], mask.kv_indices[heads], mask.block_q, mask.block_k,
+                           mask.seq_len)
+
+
+def _numeric_error(mask: BlockSparseMask, heads: list[int], q_blocks: torch.Tensor,
+                   qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
+    """Max |block-sparse reference - masked dense| on the sampled heads and query blocks, fp32.
+
+    ``qkv`` are random ``[1, len(heads), N, D]`` tensors (drawn once per validation, reused per layer).
+    """
+    sub = _sub_mask(mask, heads)
+    N = mask.seq_len
+    head_dim = qkv[0].shape[-1]
+    q, k, v = qkv
+    out = reference.block_sparse_attention(q, k, v, sub, q_blocks=q_blocks)
+    dense_blocks = sub.to_dense()  # [h, NQB, NKB]
+    k_blk = torch.arange(N) // mask.block_k
+    err = 0.0
+    for qb in q_blocks.tolist():
+        rows = torch.arange(qb * mask.block_q, min((qb + 1) * mask.block_q, N))
+        allowed = dense_blocks[:, qb][:, k_blk]  # [h, N]
+        tok_mask = allowed[:, None, :].expand(-1, rows.numel(), -1)
+        # Dense attention over all N keys with the mask applied element-wise, for these rows only.
+        s = torch.einsum("hqd,hkd->hqk", q[0][:, rows], k[0]) / math.sqrt(head_dim)
+        s = s.masked_fill(~tok_mask, float("-inf"))
+        p = torch.softmax(s, -1).nan_to_num(0.0)
+        ref = torch.einsum("hqk,hkd->hqd", p, v[0])
+        err = max(err, float((out[0][:, rows] - ref).abs().max()))
+    return err
+
+
+def validate_config(
+    config: Config,
+    *,
+    sample_heads: int = 2,
+    sample_blocks: int = 4,
+    max_waste: float = 0.10,
+    numerics: bool = True,
+    seed: int = 0,
+    kernel_check: Callable[[Config, BlockSparseMask, int, int], Check] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    """Run every check on a loaded config.
+
+    Args:
+        sample_heads / sample_blocks: heads and query blocks per layer for the numerical check.
+        max_waste: the tiling-waste limit.
+        numerics: run the reference-vs-dense numerical check.
+        kernel_check: optional ``f(config, mask, bucket, layer) -> Check`` run on every layer's mask.
+        progress: called once per (bucket, layer) with a short label.
+    """
+    layout: TileLayout = config.layout()
+    nb = layout.num_blocks
+    gen = torch.Generator().manual_seed(seed)
+    checks: list[Check] = [Check("schema", True, f"format compactsearch/v1, {config.geometry.describe()}")]
+    bucket_density, layer_density = [], []
+    mask_problems, density_problems, kernel_checks = [], [], []
+    computed_pairs = allowed_pairs = 0.0
+    waste_cache: dict = {}
+    max_err = 0.0
+    n_sample = min(sample_heads, config.num_heads)
+    qkv = tuple(torch.randn(1, n_sample, layout.seq_len, config.head_dim, generator=gen) for _ in range(3))
+    for bi, bucket in enumerate(config.buckets):
+        row = []
+        for li, lc in enumerate(bucket.layers):
+            mask = config.layer_mask(bi, li, layout)
+            if mask.num_heads != config.num_heads or mask.num_q_blocks != nb:
+                mask_problems.append(f"buckets[{bi}].layers[{li}]: {mask!r}")
+            head_d = mask.head_density()
+            row.append(float(head_d.mean()))
+            for hc in lc.heads:
+                if hc.density is not None and abs(hc.density - float(head_d[hc.head])) > 0.005:
+                    density_problems.append(
+                        f"buckets[{bi}].layers[{li}].heads[{hc.head}]: declared {hc.density:.4f}, "
+                        f"built {float(head_d[hc.head]):.4f}"
+                    )
+                if hc.pattern not in waste_cache:
+                    tm = tile_mask(hc.pattern, layout)
+                    bm = block_mask_from_tile_mask(tm, layout)
+                    waste = layout.tiling_waste(tm, bm)
+                    computed = float(bm.sum()) * layout.block_size**2
+                    waste_cache[hc.pattern] = (computed, computed / (1.0 + waste))
+                c, a = waste_cache[hc.pattern]
+                computed_pairs += c
+                allowed_pairs += a
+            if numerics:
+                heads = torch.randperm(config.num_heads, generator=gen)[:n_sample]
+                qbs = torch.randperm(nb, generator=gen)[: min(sample_blocks, nb)]
+                max_err = max(max_err, _numeric_error(mask, sorted(heads.tolist()), qbs, qkv))
+            if kernel_check is not None:
+                kernel_checks.append(kernel_check(config, mask, bi, li))
+            if progress is not None:
+                progress(f"bucket {bi} layer {li}")
+        layer_density.append(tuple(row))
+        bucket_density.append(sum(row) / len(row))
+    steps = [b.steps[1] - b.steps[0] for b in config.buckets]
+    density = sum(d * n for d, n in zip(bucket_density, steps)) / max(sum(steps), 1) if steps else 1.0
+    waste = computed_pairs / allowed_pairs - 1.0 if allowed_pairs else 0.0
+
+    checks.append(Check("masks", not mask_problems,
+                        mask_problems[0] if mask_problems else
+                        f"{sum(len(b.layers) for b in config.buckets)} layer masks, {nb} blocks of "
+                        f"{layout.block_size}, {layout.describe()}"))
+    checks.append(Check("declared_density", not density_problems,
+                        density_problems[0] if density_problems else "declared per-head densities match"))
+    budget = config.search.get("budget") if config.search else None
+    if budget is not None:
+        checks.append(Check("budget", density <= float(budget) + 0.005,
+                            f"density {density:.4f} vs budget {float(budget):.4f} (+0.005 allowed)"))
+    checks.append(Check("tiling_waste", waste <= max_waste, f"{waste:.2%} (limit {max_waste:.0%})"))
+    if numerics:
+        checks.append(Check("numerics", max_err <= NUMERIC_ATOL,
+                            f"max |block-sparse - masked dense| = {max_err:.2e} (fp32, limit {NUMERIC_ATOL:.0e}; "
+                            f"{sample_heads} heads x {sample_blocks} query blocks per layer)"))
+    if kernel_checks:
+        failed = [c for c in kernel_checks if not c.ok]
+        worst = failed[0] if failed else kernel_checks[-1]
+        checks.append(Check("kernel", not failed, worst.detail))
+    return ValidationReport(
+        ok=all(c.ok for c in checks),
+        density=density,
+        tiling_waste=waste,
+        checks=tuple(checks),
+        bucket_density=tuple(bucket_density),
+        layer_density=tuple(layer_density),
+        extra={"kernel_results": [c.detail for c in kernel_checks]} if kernel_checks else {},
+    )
+
+
+def head_rows(config: Config, bucket: int | None = None, layer: int | None = None) -> list[dict]:
+    """One row per (bucket, layer, head): pattern text, built block density, recall when known."""
+    layout = config.layout()
+    rows = []
+    for bi, b in enumerate(config.buckets):
+        if bucket is not None and bi != bucket:
+            continue
+        for li, lc in enumerate(b.layers):
+            if layer is not None and li != layer:
+                continue
+            mask = config.layer_mask(bi, li, layout)
+            dens = mask.head_density()
+            for hc in lc.heads:
+                rows.append({"bucket": bi, "steps": list(b.steps), "layer": li, "head": hc.head,
+                             "pattern": hc.pattern.describe(), "density": float(dens[hc.head]),
+                             "recall": hc.recall})
+    return rows

@@ -1,0 +1,192 @@
+"""compact_attn: block-sparse attention and block-mass kernels for video DiTs, with PyTorch references.
+
+Public API: `BlockSparseMask`, `block_sparse_attention`, `block_mass`, and `reference` (pure PyTorch).
+
+Backends: ``backend="auto"`` runs the Triton kernels on CUDA tensors and the PyTorch reference otherwise;
+``"triton"`` and ``"reference"`` force one. The environment variable ``COMPACT_ATTN_BACKEND`` (``triton`` or
+``reference``) overrides ``"auto"``. Under ``TRITON_INTERPRET=1`` the Triton kernels also run on CPU tensors
+(slowly; that is how the tests run them). Triton is imported only when a Triton backend is used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from compact_attn import reference
+from compact_attn.mask import BlockSparseMask
+
+__all__ = [
+    "BlockSparseMask",
+    "reference",
+    "block_sparse_attention",
+    "block_mass",
+    "resolve_backend",
+    "check_attention_inputs",
+    "check_mass_inputs",
+]
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"triton"`` or ``"reference"`` for a requested backend and the inputs' device.
+
+    Raises:
+        ValueError: unknown backend name (argument or ``COMPACT_ATTN_BACKEND``).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("COMPACT_ATTN_BACKEND", "").strip().lower()
+        if env:
+            if env not in ("triton", "reference"):
+                raise ValueError(f"COMPACT_ATTN_BACKEND must be 'triton' or 'reference', got {env!r}")
+            return env
+        return "triton" if device.type == "cuda" else "reference"
+    return backend
+
+
+# ------------------------------------------------------------------------------------------ input checks
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask,
+                           scale: float | None) -> float:
+    """Validate the forward's inputs (both backends); return the softmax scale. Raises ValueError."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, N, D] (4 dims), got shape {tuple(t.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k and v must have one shape [B, H, N, D]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q, k, v must be bfloat16, float16 or float32, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+    B, H, N, D = q.shape
+    if D not in (64, 128):
+        raise ValueError(f"head dim must be 64 or 128, got {D}")
+    if N == 0 or B == 0 or H == 0:
+        raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")
+    if not isinstance(mask, BlockSparseMask):
+        raise ValueError(f"mask must be a compact_attn.BlockSparseMask, got {type(mask).__name__}")
+    if mask.num_heads != H:
+        raise ValueError(f"mask has {mask.num_heads} heads but q has {H}")
+    if mask.seq_len != N:
+        raise ValueError(f"mask.seq_len is {mask.seq_len} but q has {N} tokens")
+    if mask.device != q.device:
+        raise ValueError(f"mask is on {mask.device} but q is on {q.device}: use mask.to(q.device)")
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
+def check_mass_inputs(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, scale: float | None,
+                      lse: torch.Tensor | None) -> float:
+    """Validate block-mass inputs (both backends); return the softmax scale. Raises ValueError."""
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, N, D] (4 dims), got shape {tuple(t.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"q and k must have one shape [B, H, N, D]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q, k must be bfloat16, float16 or float32, got {q.dtype}")
+    if k.dtype != q.dtype:
+        raise ValueError(f"q and k must share a dtype; got {q.dtype} and {k.dtype}")
+    if k.device != q.device:
+        raise ValueError(f"q and k must be on one device; got {q.device} and {k.device}")
+    B, H, N, D = q.shape
+    if D not in (64, 128):
+        raise ValueError(f"head dim must be 64 or 128, got {D}")
+    if N == 0 or B == 0 or H == 0:
+        raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")
+    for name, blk in (("block_q", block_q), ("block_k", block_k)):
+        if not isinstance(blk, int) or isinstance(blk, bool) or blk < 1:
+            raise ValueError(f"{name} must be a positive int, got {blk!r}")
+    if lse is not None:
+        if not isinstance(lse, torch.Tensor) or tuple(lse.shape) != (B, H, N):
+            shape = tuple(lse.shape) if isinstance(lse, torch.Tensor) else type(lse).__name__
+            raise ValueError(f"lse must be a [B, H, N] = {(B, H, N)} tensor, got {shape}")
+        if lse.device != q.device:
+            raise ValueError(f"lse is on {lse.device} but q is on {q.device}")
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
+# ----------------------------------------------------------------------------------------- entry points
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float | None = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Block-sparse attention forward: each query block attends to the key blocks its mask row lists.
+
+    Args:
+        q, k, v: ``[B, H, N, D]`` in tile order; bf16 or fp16 (fp32 accepted); ``D`` in {64, 128}.
+        mask: `BlockSparseMask` with ``H`` heads and ``seq_len == N``, on q's device.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        return_lse: also return the natural-log row logsumexp ``[B, H, N]`` float32.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
+
+    Returns:
+        ``o`` ``[B, H, N, D]`` in q's dtype (and ``lse`` when ``return_lse``). Rows whose query block lists
+        no key block get ``o = 0``, ``lse = -inf``.
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes, devices, head dim, or a mask that does not fit q.
+    """
+    scale = check_attention_inputs(q, k, v, mask, scale)
+    if resolve_backend(backend, q.device) == "reference":
+        return reference.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=return_lse)
+    from compact_attn.attention import block_sparse_attention_triton
+
+    return block_sparse_attention_triton(q, k, v, mask, scale=scale, return_lse=return_lse)
+
+
+def block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float | None = None,
+    lse: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Softmax mass per (query block, key block), never materialising N x N.
+
+    Args:
+        q, k: ``[B, H, N, D]`` in tile order; bf16 or fp16 (fp32 accepted); ``D`` in {64, 128}.
+        block_q, block_k: block sizes in tokens ({16, 32, 64, 128} for the Triton backend).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        lse: optional natural-log row logsumexp ``[B, H, N]`` of the same scores; when given, one pass.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``[B, H, NQB, NKB]`` float32; query block i's row sums to its token count.
+
+    Raises:
+        ValueError: inconsistent shapes, dtypes, devices, head dim or block sizes.
+    """
+    scale = check_mass_inputs(q, k, block_q, block_k, scale, lse)
+    if resolve_backend(backend, q.device) == "reference":
+        return reference.block_mass(q, k, block_q, block_k, scale=scale, lse=lse)
+    from compact_attn.mass_kernel import block_mass_triton
+
+    return block_mass_triton(q, k, block_q, block_k, scale=scale, lse=lse)

@@ -1,0 +1,120 @@
+"""Pure-PyTorch references for the kernels. Slow, exact (float32 math), and the ground truth in tests.
+
+All tensors are ``[B, H, N, D]`` in tile order. Nothing here materialises more than one query block's (or
+one query chunk's) row of scores at a time, except `masked_dense_attention`, which is for small tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from compact_attn.mask import BlockSparseMask
+
+__all__ = ["block_sparse_attention", "block_mass", "masked_dense_attention"]
+
+
+def _block_tokens(blocks: torch.Tensor, block: int, seq_len: int) -> torch.Tensor:
+    """Token indices of the given blocks, in order, ragged tail dropped. ``[sum of block lengths]``."""
+    ar = torch.arange(block, device=blocks.device)
+    tok = (blocks.long()[:, None] * block + ar[None, :]).flatten()
+    return tok[tok < seq_len]
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float | None = None,
+    return_lse: bool = False,
+    q_blocks: torch.Tensor | None = None,
+):
+    """Attention of each query block over its listed key blocks only.
+
+    Args:
+        q, k, v: ``[B, H, N, D]``.
+        mask: the layer's `BlockSparseMask` (``H`` heads, ``seq_len == N``).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        return_lse: also return the natural-log logsumexp per row, ``[B, H, N]`` float32.
+        q_blocks: optional 1-D tensor of query blocks to compute (the others are left NaN): a sample for
+            shapes too large to do whole on a CPU.
+
+    Returns:
+        ``o`` ``[B, H, N, D]`` in q's dtype (and ``lse`` when asked).
+    """
+    B, H, N, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
+    counts = mask.kv_num_blocks.cpu()
+    indices = mask.kv_indices.cpu()
+    blocks = range(mask.num_q_blocks) if q_blocks is None else q_blocks.tolist()
+    for h in range(H):
+        for qb in blocks:
+            rows = slice(qb * mask.block_q, min((qb + 1) * mask.block_q, N))
+            kv = indices[h, qb, : counts[h, qb]].to(q.device)
+            if kv.numel() == 0:  # attends to nothing: zero output, lse -inf
+                out[:, h, rows] = 0
+                lse[:, h, rows] = float("-inf")
+                continue
+            tok = _block_tokens(kv, mask.block_k, N)
+            s = torch.einsum("bqd,bkd->bqk", q[:, h, rows].float(), k[:, h, tok].float()) * scale
+            row_lse = torch.logsumexp(s, dim=-1)
+            p = torch.exp(s - row_lse[..., None])
+            out[:, h, rows] = torch.einsum("bqk,bkd->bqd", p, v[:, h, tok].float()).to(q.dtype)
+            lse[:, h, rows] = row_lse
+    return (out, lse) if return_lse else out
+
+
+def masked_dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Dense attention restricted to a token mask ``[H, N, N]`` (True = attend), float32 math. Small N only."""
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    s = s.masked_fill(~token_mask[None], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows that attend to nothing give zeros
+    return torch.einsum("bhqk,bhkd->bhqd", p, v.float()).to(q.dtype)
+
+
+def block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float | None = None,
+    lse: torch.Tensor | None = None,
+    chunk_tokens: int = 1 << 22,
+) -> torch.Tensor:
+    """Softmax mass per (query block, key block), never holding more than one chunk of rows.
+
+    Args:
+        q, k: ``[B, H, N, D]``.
+        block_q, block_k: block sizes in tokens.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        lse: optional natural-log row logsumexp ``[B, H, N]``; computed when absent.
+        chunk_tokens: scores held at once per (batch, head) are about ``chunk_tokens`` floats.
+
+    Returns:
+        ``[B, H, NQB, NKB]`` float32: for each block pair, the sum over its query tokens and key tokens of
+        ``softmax(q k^T * scale)``. A query block's row sums to its number of tokens.
+    """
+    B, H, N, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    nqb, nkb = math.ceil(N / block_q), math.ceil(N / block_k)
+    out = torch.zeros(B, H, nqb, nkb, dtype=torch.float32, device=q.device)
+    rows_per_chunk = max(block_q, (chunk_tokens // max(N, 1)) // block_q * block_q)
+    kf = k.float()
+    pad_k = nkb * block_k - N
+    for r0 in range(0, N, rows_per_chunk):
+        r1 = min(N, r0 + rows_per_chunk)
+        s = torch.einsum("bhqd,bhkd->bhqk", q[:, :, r0:r1].float(), kf) * scale
+        row_lse = torch.logsumexp(s, -1) if lse is None else lse[:, :, r0:r1].float()
+        p = torch.exp(s - row_lse[..., None])
+        p = torch.nn.functional.pad(p, (0, pad_k)).view(B, H, r1 - r0, nkb, block_k).sum(-1)
+        qb = torch.arange(r0, r1, device=q.device) // block_q
+        out.index_add_(2, qb, p)
+    return out

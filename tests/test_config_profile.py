@@ -1,0 +1,128 @@
+"""Config and profile formats: round trips, strict loading with path-precise errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compactsearch.config import config_from_dict, load_config, summarize
+from compactsearch.errors import InputError
+from compactsearch.geometry import VideoGeometry
+from compactsearch.patterns import build_layer_mask, pattern_block_mask
+from compactsearch.profile import Profile
+from compactsearch.tiling import TileLayout
+from tests.conftest import small_config
+
+
+def test_config_round_trip(tmp_path):
+    cfg = small_config()
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    again = load_config(path)
+    assert again == cfg
+    again.save(tmp_path / "d.yaml")
+    assert (tmp_path / "d.yaml").read_text() == path.read_text()  # stable, diff-friendly output
+    assert "windows: [[1, 2], [3, 1]]" in path.read_text()
+
+
+def test_config_schedule_and_masks():
+    cfg = small_config()
+    assert [cfg.bucket_for_step(s) for s in range(10)] == [None, None, 0, 0, 0, 0, 1, 1, 1, 1]
+    masks = list(cfg.masks())
+    assert len(masks) == 4
+    layout = cfg.layout()
+    for bi, li, m in masks:
+        for h, hc in enumerate(cfg.buckets[bi].layers[li].heads):
+            assert torch.equal(m.to_dense()[h], pattern_block_mask(hc.pattern, layout))
+    s = summarize(cfg)
+    assert 0 < s["density"] < 1 and s["density_all_steps"] > s["density"]
+
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(format="compactsearch/v2"), "format: expected 'compactsearch/v1'"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d["geometry"].update(frames="21"), "geometry.frames: expected an integer"),
+        (lambda d: d["buckets"][1]["layers"][1]["heads"][2].update(colour="red"),
+         r"buckets\[1\].layers\[1\].heads\[2\].colour: unknown key"),
+        (lambda d: d["buckets"][0]["layers"][0]["heads"][1]["groups"][0]["windows"].__setitem__(1, [9, 1]),
+         r"buckets\[0\].layers\[0\].heads\[1\].groups\[0\].windows\[1\]: window \[9, 1\] is larger than the tile grid"),
+        (lambda d: d["geometry"].update(heads=4),
+         r"buckets\[0\].layers\[0\].heads: has 3 heads but geometry.heads is 4"),
+        (lambda d: d["geometry"].update(layers=3), r"buckets\[0\].layers: has 2 layers but geometry.layers is 3"),
+        (lambda d: d["buckets"][0]["layers"][0]["heads"][0].update(recall="high"),
+         r"heads\[0\].recall: expected a number"),
+        (lambda d: d["buckets"][0].update(steps=[0, 4]), r"buckets\[0\].steps: \[0, 4\) must be non-empty"),
+        (lambda d: d["tiling"].update(block_size=96), "tiling.block_size: must be one of"),
+        (lambda d: d.pop("model"), "missing required key 'model'"),
+    ],
+)
+def test_config_errors_name_the_path(mutate, message):
+    d = small_config().to_dict()
+    mutate(d)
+    with pytest.raises(InputError, match=message):
+        config_from_dict(d)
+
+
+def _planted_mass(layout: TileLayout, heads: int, seed: int) -> torch.Tensor:
+    """Softmax-like block mass: random positive weights, rows normalised to each query block's token count."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(heads, layout.num_blocks, layout.num_blocks, generator=g) ** 4
+    lengths = layout.block_lengths().float()
+    w = w * lengths[None, None, :]  # a key block's share grows with its tokens
+    return w / w.sum(-1, keepdim=True) * lengths[None, :, None]
+
+
+def test_profile_round_trip(tmp_path):
+    geometry = VideoGeometry(5, 9, 11, 7, "front")
+    layout = TileLayout(geometry, (2, 4, 8), 64)
+    mass = torch.stack([torch.stack([_planted_mass(layout, 3, 10 * b + l) for l in range(2)]) for b in range(2)])
+    per_prompt = torch.stack([mass, mass * 0 + mass.flip(-1)], dim=2)  # [NB, L, P, H, NQB, NKB]
+    prof = Profile.from_block_mass(mass, geometry=geometry, tile=(2, 4, 8), block_size=64,
+                                   buckets=[(2, 6), (6, 10)], num_steps=10, per_prompt=per_prompt,
+                                   prompts=["a red circle", "a blue square"], seeds=[0, 1],
+                                   model={"id": "test/tiny", "adapter": "wan"})
+    assert set(prof.stats["prompt"]) == {-1, 0, 1}
+    assert set(prof.stats["label"]) <= {"local", "cross", "time-variant", "global"}
+    out = tmp_path / "prof"
+    prof.save(out)
+    again = Profile.load(out, verify=True)
+    assert again.buckets == [(2, 6), (6, 10)] and again.prompts == ["a red circle", "a blue square"]
+    assert again.geometry == geometry and again.tile == (2, 4, 8) and again.block_size == 64
+    for b in range(2):
+        for l in range(2):
+            torch.testing.assert_close(again.mass(b, l), mass[b, l], rtol=2e-3, atol=2e-3)  # float16 storage
+            torch.testing.assert_close(again.prompt_mass(b, l), per_prompt[b, l], rtol=2e-3, atol=2e-3)
+    assert again.stats.shape == prof.stats.shape
+    assert again.content_hash == prof.content_hash
+    # saving again gives the same hashes; the directory was replaced atomically
+    again.save(tmp_path / "prof2")
+    assert Profile.load(tmp_path / "prof2").content_hash == prof.content_hash
+
+
+def test_profile_errors(tmp_path):
+    geometry = VideoGeometry(2, 4, 8)
+    with pytest.raises(InputError, match="does not exist"):
+        Profile.load(tmp_path / "missing")
+    with pytest.raises(InputError, match="expected"):
+        Profile.from_block_mass({(0, 0): torch.ones(2, 3, 3)}, geometry=geometry, tile=(2, 4, 8), block_size=64)
+    with pytest.raises(InputError, match="NaN"):
+        Profile.from_block_mass({(0, 0): torch.full((2, 1, 1), float("nan"))}, geometry=geometry, tile=(2, 4, 8),
+                                block_size=64)
+    layout = TileLayout(geometry, (2, 4, 8), 64)
+    prof = Profile.from_block_mass({(0, 0): _planted_mass(layout, 2, 0)}, geometry=geometry, tile=(2, 4, 8),
+                                   block_size=64)
+    prof.save(tmp_path / "p")
+    (tmp_path / "p" / "mass" / "b0_l0.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="corrupt"):
+        Profile.load(tmp_path / "p", verify=True)
+    with pytest.raises(InputError, match="corrupt"):
+        Profile.load(tmp_path / "p").mass(0, 0)
+
+
+def test_built_masks_are_consistent_with_layout():
+    cfg = small_config()
+    m = build_layer_mask(cfg.buckets[0].layers[0].patterns(), cfg.layout())
+    assert m.num_q_blocks == cfg.layout().num_blocks and m.seq_len == cfg.geometry.seq_len

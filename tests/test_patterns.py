@@ -1,0 +1,174 @@
+"""Pattern -> block mask against a slow element-level builder; BlockSparseMask invariants."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from compact_attn.mask import BlockSparseMask
+from compactsearch.errors import InputError
+from compactsearch.geometry import VideoGeometry
+from compactsearch.patterns import (
+    FrameGroup,
+    Pattern,
+    Window,
+    build_layer_mask,
+    pattern_block_mask,
+    pattern_token_density,
+    tile_mask,
+)
+from compactsearch.tiling import TileLayout
+from tests.test_tiling import random_geometries, random_layout
+
+
+def element_tile_table(pattern: Pattern, layout: TileLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pattern's definition evaluated tile pair by tile pair in plain Python, and each video token's tile.
+
+    Returns ``table [NT, NT]`` bool (raster tile ids) and ``tiles [video_tokens]`` (model order).
+    """
+    g = layout.geometry
+    tt, th, tw = layout.tile_thw
+    nt, nh, nw = layout.grid_thw
+
+    def tile_id(j: int) -> int:
+        t, rem = divmod(j, g.height * g.width)
+        h, w = divmod(rem, g.width)
+        return ((t // tt) * nh + h // th) * nw + w // tw
+
+    def window(q: int, size: int, n: int) -> range:
+        size = min(size, n)
+        start = min(max(q - size // 2, 0), n - size)  # shifted inward at the border
+        return range(start, start + size)
+
+    def allowed(a: int, b: int) -> bool:
+        if pattern.is_dense:
+            return True
+        qt, qh, qw = a // (nh * nw), (a // nw) % nh, a % nw
+        kt, kh, kw = b // (nh * nw), (b // nw) % nh, b % nw
+        for grp in pattern.groups:
+            if grp.dt_lo <= abs(qt - kt) <= grp.dt_hi:
+                for win in grp.windows:
+                    if kh in window(qh, win.h, nh) and kw in window(qw, win.w, nw):
+                        return True
+        return False
+
+    n_tiles = nt * nh * nw
+    table = torch.tensor([[allowed(a, b) for b in range(n_tiles)] for a in range(n_tiles)], dtype=torch.bool)
+    tiles = torch.tensor([tile_id(j) for j in range(g.video_tokens)], dtype=torch.long)
+    return table, tiles
+
+
+def element_token_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """``[N, N]`` bool in MODEL order: token i may attend token j. Small N only."""
+    g = layout.geometry
+    table, tiles = element_tile_table(pattern, layout)
+    out = torch.ones(g.seq_len, g.seq_len, dtype=torch.bool)  # text rows and columns: always attended
+    v = slice(g.video_offset, g.video_offset + g.video_tokens)
+    out[v, v] = table[tiles][:, tiles]
+    return out
+
+
+def element_block_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """``[NB, NB]`` bool: a block pair is computed iff some token pair in it is allowed (token by token).
+
+    Each block's tiles come from its tokens; the OR over token pairs is a product of 0/1 incidence matrices.
+    """
+    g = layout.geometry
+    table, tiles = element_tile_table(pattern, layout)
+    nb, n_tiles = layout.num_blocks, table.shape[0]
+    blk = layout.block_of_token()
+    video = torch.arange(g.video_offset, g.video_offset + g.video_tokens)
+    inc = torch.zeros(nb, n_tiles)
+    inc[blk[video], tiles] = 1.0
+    out = (inc @ table.float() @ inc.T) > 0
+    text_blocks = torch.unique(blk[torch.tensor([i for i in range(g.seq_len) if not g.video_offset <= i
+                                                   < g.video_offset + g.video_tokens], dtype=torch.long)])
+    out[text_blocks, :] = True
+    out[:, text_blocks] = True
+    return out
+
+
+def random_pattern(rng: random.Random, grid) -> Pattern:
+    nt, nh, nw = grid
+    if rng.random() < 0.1:
+        return Pattern.dense()
+    groups, lo = [], rng.randint(0, 1) if nt > 1 else 0
+    while lo <= nt - 1 and len(groups) < 3:
+        hi = rng.randint(lo, nt - 1)
+        wins = tuple(Window(rng.randint(1, nh), rng.randint(1, nw)) for _ in range(rng.randint(1, 2)))
+        groups.append(FrameGroup(lo, hi, wins))
+        lo = hi + 1 + rng.randint(0, 1)
+    return Pattern(tuple(groups)) if groups else Pattern.local(0, 1, 1)
+
+
+@pytest.mark.parametrize("g", random_geometries(), ids=lambda g: g.describe().replace(" ", ""))
+def test_block_mask_equals_element_builder(g: VideoGeometry):
+    rng = random.Random(sum(g.thw) + g.text_tokens)
+    layout = random_layout(g, rng)
+    patterns = [random_pattern(rng, layout.grid_thw) for _ in range(3)]
+    mask = build_layer_mask(patterns, layout)
+    dense = mask.to_dense()
+    for h, p in enumerate(patterns):
+        expected = element_block_mask(p, layout)
+        assert torch.equal(pattern_block_mask(p, layout), expected), p.describe()
+        assert torch.equal(dense[h], expected)
+        if g.seq_len > 8000:
+            continue
+        # Waste from the definition: computed token pairs (whole blocks) over allowed token pairs, minus one.
+        allowed = float(element_token_mask(p, layout).sum())
+        computed = float(expected.sum()) * layout.block_size**2
+        assert layout.tiling_waste(tile_mask(p, layout), expected) == pytest.approx(computed / allowed - 1)
+        assert pattern_token_density(p, layout) == pytest.approx(allowed / g.seq_len**2)
+
+
+def test_windows_shift_inward_and_clip():
+    layout = TileLayout(VideoGeometry(1, 20, 20), (1, 4, 16), 64)  # grid 1 x 5 x 2
+    tm = tile_mask(Pattern.local(0, 3, 5), layout)  # 5 wide > 2 columns: clipped to the grid
+    # every query tile sees exactly 3 rows x 2 columns, also at the border
+    counts = tm.sum(1)
+    assert torch.equal(counts, torch.full_like(counts, 6))
+
+
+def test_pattern_validation():
+    with pytest.raises(InputError):
+        Pattern((FrameGroup(0, 2, (Window(1, 1),)), FrameGroup(2, 3, (Window(1, 1),))))  # overlapping dt
+    with pytest.raises(InputError):
+        FrameGroup(0, 1, ())
+    with pytest.raises(InputError):
+        Window(0, 3)
+    assert Pattern.local(1, 3, 3).check_grid((2, 2, 2)) is not None
+    assert Pattern.local(1, 2, 2).check_grid((2, 2, 2)) is None
+
+
+def test_block_sparse_mask_invariants_and_round_trip():
+    g = torch.Generator().manual_seed(0)
+    dense = torch.rand(3, 5, 5, generator=g) < 0.5
+    m = BlockSparseMask.from_dense(dense, 64, 64, 300)
+    assert torch.equal(m.to_dense(), dense)
+    assert m.density() == pytest.approx(float(dense.float().mean()))
+    assert "heads=3" in repr(m)
+    assert m.ascii(0).count("\n") == 4
+    order = m.heaviest_first()
+    counts = m.kv_num_blocks.flatten()[order.long()]
+    assert bool((counts[:-1] >= counts[1:]).all())
+    with pytest.raises(ValueError, match="int32"):
+        BlockSparseMask(m.kv_num_blocks.long(), m.kv_indices, 64, 64, 300)
+    with pytest.raises(ValueError, match="query blocks"):
+        BlockSparseMask(m.kv_num_blocks, m.kv_indices, 64, 64, 200)
+    bad = m.kv_indices.clone()
+    bad[0, 0, :2] = torch.tensor([3, 1], dtype=torch.int32)
+    counts = m.kv_num_blocks.clone()
+    counts[0, 0] = 2
+    with pytest.raises(ValueError, match="ascending"):
+        BlockSparseMask(counts, bad, 64, 64, 300)
+
+
+def test_flex_block_mask_matches():
+    dense = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.6
+    dense[:, :, 0] = True
+    m = BlockSparseMask.from_dense(dense, 128, 128, 500)
+    flex = m.to_flex_block_mask()
+    got = flex.to_dense()[0].bool()[:, :4, :4]
+    assert torch.equal(got, dense)

@@ -1,0 +1,98 @@
+"""Geometry and tile layout: the permutation to tile order and back, blocks, defaults, waste."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from compactsearch.errors import InputError
+from compactsearch.geometry import VideoGeometry
+from compactsearch.patterns import block_mask_from_tile_mask, reference_local_pattern, tile_mask
+from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+
+
+def random_geometries(n: int = 24, seed: int = 0) -> list[VideoGeometry]:
+    rng = random.Random(seed)
+    out = [VideoGeometry(13, 45, 79), VideoGeometry(1, 1, 1), VideoGeometry(1, 1, 1, 5, "front"),
+           VideoGeometry(13, 30, 45, 26, "front"), VideoGeometry(7, 9, 10, 19, "back")]
+    while len(out) < n:
+        text = rng.choice([0, 0, rng.randint(1, 40)])
+        out.append(VideoGeometry(rng.randint(1, 9), rng.randint(1, 23), rng.randint(1, 31), text,
+                                 "none" if text == 0 else rng.choice(["front", "back"])))
+    return out
+
+
+def random_layout(g: VideoGeometry, rng: random.Random) -> TileLayout:
+    block = rng.choice([64, 128])
+    tile = rng.choice([(4, 4, 4), (1, 8, 8), (2, 4, 8), (4, 8, 4), (1, 4, 16)])
+    if math.prod(tile) < block:
+        tile = (tile[0] * 2, tile[1], tile[2])
+    return TileLayout(g, tile, block)
+
+
+@pytest.mark.parametrize("g", random_geometries(), ids=lambda g: g.describe().replace(" ", ""))
+def test_permutation_round_trip(g: VideoGeometry):
+    layout = random_layout(g, random.Random(hash(g.thw) % 1000))
+    n = g.seq_len
+    assert sorted(layout.perm.tolist()) == list(range(n))
+    x = torch.randn(2, n, 3)
+    assert torch.equal(layout.from_tile_order(layout.to_tile_order(x, 1), 1), x)
+    # Text sits at the back of the tile order whatever its position in the model's sequence.
+    text_model = set(range(0, g.text_tokens)) if g.text_position == "front" else set(range(g.video_tokens, n))
+    assert set(layout.perm[g.video_tokens:].tolist()) == text_model
+    # Every tile's tokens are contiguous in tile order, full tiles first, tile sizes add up.
+    tile_of = torch.full((n,), -1)
+    tile_of[torch.arange(g.video_offset, g.video_offset + g.video_tokens)] = layout.tile_of_token()
+    seq_tiles = tile_of[layout.perm[: g.video_tokens]]
+    runs = torch.unique_consecutive(seq_tiles)
+    assert runs.numel() == layout.num_tiles and torch.equal(runs, layout.order)
+    assert int(layout.tile_sizes.sum()) == g.video_tokens
+    full = layout.tile_sizes[layout.order] == layout.tile_tokens
+    assert bool(full[: layout.num_full_tiles].all()) and not bool(full[layout.num_full_tiles:].any())
+    # Block <-> tile ranges agree with the tiles of each block's tokens.
+    for b in range(layout.num_video_blocks):
+        toks = seq_tiles[b * layout.block_size : (b + 1) * layout.block_size]
+        pos = {int(t): i for i, t in enumerate(layout.order.tolist())}
+        spans = sorted({pos[int(t)] for t in toks})
+        assert spans[0] == int(layout.block_first_tile[b]) and spans[-1] == int(layout.block_last_tile[b])
+
+
+def test_bad_tiling_messages():
+    g = VideoGeometry(3, 4, 5)
+    with pytest.raises(InputError, match="not a multiple of block_size"):
+        TileLayout(g, (1, 3, 3), 64)
+    with pytest.raises(InputError, match="block_size must be one of"):
+        TileLayout(g, (4, 4, 4), 32)
+    with pytest.raises(InputError, match="text_position"):
+        VideoGeometry(3, 4, 5, 10, "none")
+    with pytest.raises(InputError, match="positive integer"):
+        VideoGeometry(0, 4, 5)
+
+
+REFERENCE = {
+    "wan2.1-480p": VideoGeometry(21, 30, 52),
+    "wan2.1-720p": VideoGeometry(21, 45, 80),
+    "hunyuanvideo-720p": VideoGeometry(33, 45, 80, 256, "back"),
+    "cogvideox-5b": VideoGeometry(13, 30, 45, 226, "front"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_default_tiling_waste_under_ten_percent(name):
+    g = REFERENCE[name]
+    tile, block = default_tiling(g)
+    layout = TileLayout(g, tile, block)
+    pattern = reference_local_pattern(layout)
+    tm = tile_mask(pattern, layout)
+    waste = layout.tiling_waste(tm, block_mask_from_tile_mask(tm, layout))
+    assert 0.0 <= waste <= 0.10, (name, tile, block, waste)
+
+
+def test_default_tile_shape_fits_tiny_grids():
+    for g in (VideoGeometry(1, 1, 1), VideoGeometry(2, 3, 2), VideoGeometry(8, 16, 16)):
+        tile = default_tile_shape(g, 128)
+        assert math.prod(tile) % 128 == 0
+        TileLayout(g, tile, 128)

@@ -1,0 +1,121 @@
+"""The kernel path of `validate`: run the bundled Triton kernel on a config's masks and check it.
+
+Modes:
+- ``triton`` (needs CUDA): per layer, q/k/v (random bf16, or the q/k/v a profile captured for that layer)
+  through the Triton kernel; sampled query blocks compared with an fp32 reference; timed against dense cuDNN
+  SDPA (`compactsearch.kernel_bench.time_against_dense`), the speed-up reported per layer.
+- ``interpret`` (CPU): the same kernel in Triton's interpreter (``TRITON_INTERPRET=1``) on a sample of heads and
+  query blocks: the other query blocks get an empty key list, so the interpreter only walks the sampled ones.
+
+Tolerance, as PyTorch's own low-precision error sets it: ``err(kernel, fp32) <= 2 * err(torch bf16, fp32) +
+1e-3`` on the sampled rows, where "torch bf16" is the same masked attention computed in bf16 by PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from compact_attn.mask import BlockSparseMask
+from compactsearch.config import Config
+from compactsearch.errors import InputError
+from compactsearch.validation import Check
+
+__all__ = ["make_kernel_check", "KERNEL_MODES"]
+
+KERNEL_MODES = ("none", "interpret", "triton")
+
+
+def _masked_rows(q, k, v, dense_blocks, rows, block_q, block_k, dtype):
+    """Masked dense attention for ``rows`` of every head, computed in ``dtype`` (fp32 reference or bf16)."""
+    N, D = k.shape[-2], k.shape[-1]
+    k_blk = torch.arange(N, device=k.device) // block_k
+    allowed = dense_blocks[:, rows // block_q][:, :, k_blk]  # [h, r, N]
+    s = torch.einsum("hqd,hkd->hqk", q[0][:, rows].to(dtype), k[0].to(dtype)) * (1.0 / math.sqrt(D))
+    s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s.float(), -1).nan_to_num(0.0).to(dtype)
+    return torch.einsum("hqk,hkd->hqd", p, v[0].to(dtype)).float()
+
+
+def _sample_rows(mask: BlockSparseMask, q_blocks: torch.Tensor, device) -> torch.Tensor:
+    rows = [torch.arange(b * mask.block_q, min((b + 1) * mask.block_q, mask.seq_len)) for b in q_blocks.tolist()]
+    return torch.cat(rows).to(device)
+
+
+def make_kernel_check(
+    mode: str,
+    *,
+    sample_heads: int = 2,
+    sample_blocks: int = 4,
+    seed: int = 0,
+    samples: Callable[[int], dict | None] | None = None,
+) -> Callable[[Config, BlockSparseMask, int, int], Check] | None:
+    """A per-layer check for `validate_config`, or None for mode ``none``.
+
+    Args:
+        mode: ``none``, ``interpret`` or ``triton``.
+        samples: optional ``layer -> {"q","k","v","heads"}`` captured tensors (a profile's), used instead of
+            random inputs when present for that layer.
+    """
+    if mode not in KERNEL_MODES:
+        raise InputError(f"--kernel must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+    if mode == "none":
+        return None
+    if mode == "triton" and not torch.cuda.is_available():
+        raise InputError("--kernel triton needs a CUDA GPU; on a CPU use --kernel interpret")
+    if mode == "interpret":
+        if "triton" in __import__("sys").modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise InputError("--kernel interpret must start with TRITON_INTERPRET=1 set before triton loads")
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from compact_attn.attention import block_sparse_attention_triton
+    except ImportError as e:  # triton missing
+        raise InputError(f"--kernel {mode} needs the triton package: pip install triton ({e})") from e
+    device = torch.device("cuda" if mode == "triton" else "cpu")
+    dtype = torch.bfloat16 if mode == "triton" else torch.float16
+    gen = torch.Generator().manual_seed(seed)
+
+    def check(config: Config, mask: BlockSparseMask, bucket: int, layer: int) -> Check:
+        captured = samples(layer) if samples is not None else None
+        if captured is not None:
+            heads = captured["heads"].tolist()
+            q, k, v = (captured[n].to(device=device, dtype=dtype) for n in ("q", "k", "v"))
+            source = "captured"
+        else:
+            n_heads = config.num_heads if mode == "triton" else min(sample_heads, config.num_heads)
+            heads = sorted(torch.randperm(config.num_heads, generator=gen)[:n_heads].tolist())
+            q, k, v = (torch.randn(1, len(heads), mask.seq_len, config.head_dim, generator=gen).to(device, dtype)
+                       for _ in range(3))
+            source = "random"
+        sub = BlockSparseMask(mask.kv_num_blocks[heads], mask.kv_indices[heads], mask.block_q, mask.block_k,
+                              mask.seq_len, check=False)
+        q_blocks = torch.randperm(mask.num_q_blocks, generator=gen)[: min(sample_blocks, mask.num_q_blocks)]
+        if mode == "interpret":  # only the sampled query blocks keep their key lists
+            keep = torch.zeros(mask.num_q_blocks, dtype=torch.bool)
+            keep[q_blocks] = True
+            sub = BlockSparseMask(torch.where(keep, sub.kv_num_blocks, 0), sub.kv_indices, mask.block_q,
+                                  mask.block_k, mask.seq_len, check=False)
+        sub = sub.to(device)
+        out = torch.full_like(q, float("nan"))
+        block_sparse_attention_triton(q, k, v, sub, out=out)
+        rows = _sample_rows(mask, q_blocks, device)
+        dense_blocks = sub.to_dense()
+        ref = _masked_rows(q, k, v, dense_blocks, rows, mask.block_q, mask.block_k, torch.float32)
+        low = _masked_rows(q, k, v, dense_blocks, rows, mask.block_q, mask.block_k, dtype)
+        got = out[0][:, rows].float()
+        err, err_torch = float((got - ref).abs().max()), float((low - ref).abs().max())
+        ok = bool(torch.isfinite(got).all()) and err <= 2 * err_torch + 1e-3
+        detail = (f"bucket {bucket} layer {layer}: max err {err:.2e} vs torch {dtype} {err_torch:.2e} "
+                  f"({len(heads)} heads, {len(q_blocks)} query blocks, {source} q/k/v)")
+        if mode == "triton":
+            from compactsearch.kernel_bench import time_against_dense
+
+            t = time_against_dense(q, k, v, sub, reps=5)
+            detail += (f"; {t['ms_sparse']:.2f} ms vs cuDNN dense {t['ms_dense_cudnn']:.2f} ms = "
+                       f"{t['speedup']:.2f}x at density {sub.density():.3f}")
+        return Check("kernel", ok, detail)
+
+    return check

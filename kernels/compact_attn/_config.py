@@ -1,0 +1,140 @@
+"""Launch configurations for the Triton kernels: a fixed config per GPU generation, full autotune opt-in.
+
+Limits, stated plainly:
+- The Hopper (sm_90) configs were tuned on one H200 (torch 2.11, triton 3.6) with the sweep in
+  ``benchmarks/kernel.py``; see ``benchmarks/KERNEL_NOTES.md``. Other generations get a safe default that is
+  correct but untuned.
+- ``COMPACT_ATTN_AUTOTUNE=1`` replaces the fixed config with a Triton autotune sweep (slow first call per
+  shape; the result is cached by Triton per process).
+- Features are detected, never assumed: tensor descriptors (TMA) need ``tl.make_tensor_descriptor`` and
+  ``triton.set_allocator`` (Triton >= 3.4) and a Hopper-class GPU; older Triton (torch 2.6 ships 3.2) uses
+  the pointer path. (``tl.range(..., warp_specialize=True)`` was measured and dropped: on sm_90 Triton 3.6
+  did not partition this loop, same times; see KERNEL_NOTES.md.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "AttnConfig",
+    "MassConfig",
+    "HAS_TMA",
+    "INTERPRET",
+    "attention_config",
+    "mass_config",
+    "autotune_enabled",
+    "attention_autotune_configs",
+]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """One launch configuration of the block-sparse forward.
+
+    ``block_m`` must divide the mask's ``block_q`` and ``block_n`` its ``block_k`` (the wrapper clamps both
+    to the mask's block sizes). ``use_tma`` and ``exp16`` are requests: the wrapper drops
+    them where the Triton build, the device, the dtype or the tensor strides cannot honour them. ``exp16``
+    computes the softmax exponentials in bf16/fp16 (``ex2.approx.*x2``). ``pipe_qk`` issues the next tile's
+    ``QK^T`` before the current tile's softmax (FA3's intra-warpgroup overlap, written in the source).
+    """
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    use_tma: bool = False
+    pipe_qk: bool = False
+    exp16: bool = False
+
+    def describe(self) -> str:
+        flags = ("+tma" if self.use_tma else "") + ("+pipe" if self.pipe_qk else "") + (
+            "+exp16" if self.exp16 else "")
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{flags}"
+
+
+@dataclass(frozen=True)
+class MassConfig:
+    """Launch configuration of the two block-mass passes (row logsumexp, then block sums)."""
+
+    lse_block_m: int = 128
+    lse_block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    sums_warps: int = 8
+    sums_stages: int = 3
+
+    def describe(self) -> str:
+        return (f"lse m{self.lse_block_m}n{self.lse_block_n}w{self.num_warps}s{self.num_stages} "
+                f"sums w{self.sums_warps}s{self.sums_stages}")
+
+
+def autotune_enabled() -> bool:
+    """True when ``COMPACT_ATTN_AUTOTUNE=1`` on a GPU: sweep configs with Triton's autotuner instead of the fixed
+    one. Ignored under the interpreter (the autotuner times on a device)."""
+    return os.environ.get("COMPACT_ATTN_AUTOTUNE", "0") == "1" and not INTERPRET
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    if device.type != "cuda" or INTERPRET:
+        return (0, 0)
+    return torch.cuda.get_device_capability(device)
+
+
+def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:
+    """The fixed forward config for this device, head dim and dtype.
+
+    Hopper (sm_90) and newer: one warpgroup, 128x64 tiles (d=128) or 64x128 (d=64), TMA; measured on the H200.
+    Ampere/Ada (sm_8x): 128x64 tiles, 8 warps, 3 stages (the Triton tutorial's choice there).
+    Anything else, fp32, and the interpreter: small safe tiles.
+    """
+    major, _ = _capability(device)
+    if INTERPRET or device.type != "cuda":
+        return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=1, use_tma=False)
+    if dtype == torch.float32:
+        return AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if major >= 9:
+        # H200 sweeps (KERNEL_NOTES.md): one warpgroup per program and tiles small enough for 2 programs per SM,
+        # so one program's softmax overlaps the other's MMAs. d=128: 542 TFLOP/s dense at 69,120 tokens (0.86x
+        # cuDNN) against 459 for 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens.
+        if head_dim <= 64:
+            return AttnConfig(block_m=64, block_n=128, num_warps=4, num_stages=3, use_tma=HAS_TMA)
+        return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=2, use_tma=HAS_TMA)
+    if major == 8:
+        return AttnConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
+
+
+def attention_autotune_configs(head_dim: int) -> list[AttnConfig]:
+    """The opt-in sweep: BLOCK_M 64/128, BLOCK_N 64/128, 4/8 warps, 2-4 stages, TMA where available, QK pipelining."""
+    out = []
+    for bm in (64, 128):
+        for bn in (64, 128):
+            for warps in (4, 8):
+                if warps == 8 and bm * bn < 128 * 64:
+                    continue  # 8 warps on a small tile leaves warps idle (the tutorial prunes these too)
+                for stages in (2, 3, 4):
+                    for tma in (False, True) if HAS_TMA else (False,):
+                        out.append(AttnConfig(bm, bn, warps, stages, use_tma=tma))
+    out += [replace(c, pipe_qk=True) for c in out if c.block_m == 128 and c.num_warps == 8]
+    return out
+
+
+def mass_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> MassConfig:
+    """The fixed block-mass config for this device (pass 2 tiles are the mask's block sizes)."""
+    major, _ = _capability(device)
+    if INTERPRET or device.type != "cuda":
+        return MassConfig(lse_block_m=64, lse_block_n=64, num_warps=4, num_stages=1, sums_warps=4, sums_stages=1)
+    if dtype == torch.float32:
+        return MassConfig(lse_block_m=64, lse_block_n=32, num_warps=4, num_stages=2, sums_warps=4, sums_stages=2)
+    if major >= 9:  # H200 sweep (KERNEL_NOTES.md): 2 stages beat 3 by 22% (237.6 vs 303.8 ms, Wan 14B 720p)
+        return MassConfig(lse_block_m=128, lse_block_n=128, num_warps=8, num_stages=2, sums_warps=8, sums_stages=2)
+    return MassConfig(lse_block_m=128, lse_block_n=64, num_warps=8, num_stages=3, sums_warps=8, sums_stages=3)

@@ -1,0 +1,363 @@
+"""Triton block-sparse attention forward over a `BlockSparseMask`.
+
+What it computes: for every (batch, head, query row) the softmax attention over the keys of the key blocks its
+query block lists, ``o = softmax(q k^T * scale) v``, plus optionally the natural-log row logsumexp. It is the
+same function as `compact_attn.reference.block_sparse_attention`.
+
+How: one program per (query tile of ``BLOCK_M`` rows, batch), launched heaviest first (query blocks with the
+most key blocks first, so the hardware scheduler packs the short ones into the tail: a longest-processing-time
+schedule without a persistent grid). Each program walks its query block's sorted key-block list in one
+software-pipelined loop of ``BLOCK_N``-key tiles (``block_k / BLOCK_N`` tiles per listed block, the next index
+loaded inside the loop so the pipeliner prefetches it), with an online softmax in base 2 (``log2(e)`` folded
+into the scale). Only a ragged last key block (``seq_len % block_k != 0``) is element-masked, in a separate
+tail step after the main loop (the list is ascending, so it is always last); every other tile runs unmasked.
+
+Limits, stated plainly:
+- Forward only (no backward); q, k, v share one shape ``[B, H, N, D]`` (no GQA, no cross-attention lengths).
+- Head dim 64 or 128; bf16 or fp16 (fp32 is accepted and computed with IEEE fp32 dots, slowly).
+- ``block_q`` and ``block_k`` are powers of two from 16 to 256; tiles are clamped to them.
+- Query rows whose block lists no key block get ``o = 0`` and ``lse = -inf`` (as the reference does).
+- Tuned on one H200 (triton 3.6) only; see ``benchmarks/KERNEL_NOTES.md`` for what was measured.
+- Tensor descriptors (TMA) and warp specialisation are used only when the Triton build has them (3.4+),
+  the GPU is Hopper or newer, and the strides are 16-byte aligned; otherwise the pointer path runs (that is
+  also the path of Triton 3.2, torch 2.6's).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+from compact_attn import check_attention_inputs
+from compact_attn._config import (
+    HAS_TMA,
+    INTERPRET,
+    AttnConfig,
+    attention_autotune_configs,
+    attention_config,
+    autotune_enabled,
+)
+from compact_attn.mask import BlockSparseMask
+
+__all__ = ["block_sparse_attention_triton"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+# ----------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def _mma(a, b, acc, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """``a @ b (+ acc)`` in fp32. ``UPCAST`` (interpreter + bf16 only: its bf16 dot is wrong) computes the same
+    product from fp32 copies of the low-precision operands, which is exact for the products."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if acc is None:
+        out = tl.dot(a, b, input_precision=DOT_PREC)
+    else:
+        out = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    return out
+
+
+@triton.jit
+def _load_rows(ptr, desc, row0, n_rows, stride_n, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+               USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """A ``[BLOCK, HEAD_DIM]`` tile starting at row ``row0`` of one head (rows >= n_rows read as zero)."""
+    if USE_TMA:
+        tile = desc.load([row0, 0])  # out-of-bounds rows are zero-filled by the copy engine
+    else:
+        rows = row0 + tl.arange(0, BLOCK)
+        ptrs = ptr + rows[:, None] * stride_n + tl.arange(0, HEAD_DIM)[None, :]
+        if MASKED:
+            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _exp2_lowp(x, IS_BF16: tl.constexpr, EMULATE: tl.constexpr):
+    """``2^x`` on packed 16-bit pairs: one MUFU op per two elements (twice the fp32 rate). ``x`` is bf16/fp16
+    and so is the result. ``EMULATE`` (interpreter: no inline PTX) computes the same in fp32 and rounds."""
+    if EMULATE:
+        y = tl.math.exp2(x.to(tl.float32)).to(x.dtype)
+    elif IS_BF16:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
+                                      is_pure=True, pack=2)
+    else:
+        y = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                      is_pure=True, pack=2)
+    return y
+
+
+@triton.jit
+def _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+            USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Raw scores ``q k^T`` ``[BLOCK_M, BLOCK_N]`` of one key tile; keys past N are -inf when ``MASKED``."""
+    k = _load_rows(k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
+    qk = _mma(q, tl.trans(k), None, DOT_PREC, UPCAST)
+    if MASKED:  # keys past the sequence end (only in the ragged last block)
+        cols = kv_row + tl.arange(0, BLOCK_N)
+        qk = tl.where(cols[None, :] < N, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N: tl.constexpr,
+                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+                UPCAST: tl.constexpr, EXP16: tl.constexpr):
+    """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the row max in log2 units.
+
+    ``EXP16``: the exponent is rounded to the input dtype and exponentiated as 16-bit floats; the row sum
+    then adds the same rounded ``p`` that feeds the PV product (numerator and denominator agree)."""
+    v = _load_rows(v_ptr, v_desc, kv_row, N, stride_vn, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
+    # exp2 with log2(e) folded into the scale: p = 2^(qk * scale * log2e - m)
+    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    alpha = tl.math.exp2(m_i - m_ij)
+    if EXP16 > 0:
+        p = _exp2_lowp((qk * qk_scale - m_ij[:, None]).to(v.dtype), v.dtype == tl.bfloat16, EXP16 == 2)
+        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    else:
+        p32 = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        l_i = l_i * alpha + tl.sum(p32, 1)
+        p = p32.to(v.dtype)
+    acc = acc * alpha[:, None]
+    acc = _mma(p, v, acc, DOT_PREC, UPCAST)
+    return acc, l_i, m_ij
+
+
+@triton.jit
+def _block_sparse_fwd(
+    Q, K, V, O, LSE, KV_NUM, KV_IDX, ORDER,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_idx_h, stride_idx_q,
+    B, H, N, NQB, NKB, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_TAIL: tl.constexpr, EVEN_M: tl.constexpr, USE_TMA: tl.constexpr, PIPE_QK: tl.constexpr,
+    RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, EXP16: tl.constexpr,
+):
+    MSPLIT: tl.constexpr = BLOCK_Q // BLOCK_M  # programs per query block
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N  # key tiles per listed key block
+    pid = tl.program_id(0)
+    item = tl.load(ORDER + pid // (B * MSPLIT))  # heaviest-first (head, query block) item
+    rest = pid % (B * MSPLIT)
+    b = rest // MSPLIT
+    h = item // NQB
+    qb = item % NQB
+    q_row = qb * BLOCK_Q + (rest % MSPLIT) * BLOCK_M
+
+    q_ptr = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_ptr = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_ptr = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    if USE_TMA:  # one descriptor per head: rows past N are zero-filled, never another head's
+        q_desc = tl.make_tensor_descriptor(q_ptr, shape=[N, HEAD_DIM], strides=[stride_qn, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(k_ptr, shape=[N, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(v_ptr, shape=[N, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        q_desc = q_ptr
+        k_desc = k_ptr
+        v_desc = v_ptr
+    q = _load_rows(q_ptr, q_desc, q_row, N, stride_qn, BLOCK_M, HEAD_DIM, USE_TMA, not EVEN_M)
+
+    n_blocks = tl.load(KV_NUM + item)
+    idx_ptr = KV_IDX + h.to(tl.int64) * stride_idx_h + qb * stride_idx_q
+    n_main = n_blocks
+    if HAS_TAIL:  # the ragged last key block, when listed, is the list's last entry
+        last = tl.load(idx_ptr + tl.maximum(n_blocks - 1, 0))
+        has_tail = (n_blocks > 0) & (last == NKB - 1)
+        n_main = n_blocks - has_tail.to(tl.int32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_tiles = n_main * SUB
+    if PIPE_QK:
+        # Software-pipelined: the next tile's QK^T is issued before this tile's softmax, so the tensor cores
+        # work while the softmax runs (the last iteration recomputes its own tile's scores, unused).
+        kv_row = tl.load(idx_ptr, mask=n_tiles > 0, other=0) * BLOCK_K
+        qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
+        for t in range(0, n_tiles):
+            tn = tl.minimum(t + 1, n_tiles - 1)
+            nxt = tl.load(idx_ptr + tn // SUB) * BLOCK_K + (tn % SUB) * BLOCK_N
+            qk_next = _scores(q, k_ptr, k_desc, nxt, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
+                              UPCAST)
+            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
+                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16)
+            qk = qk_next
+            kv_row = nxt
+    else:
+        for t in range(0, n_tiles):
+            kv_row = tl.load(idx_ptr + t // SUB) * BLOCK_K + (t % SUB) * BLOCK_N
+            qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
+                         UPCAST)
+            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
+                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16)
+    if HAS_TAIL:  # element-masked step over the tiles of the last block that hold keys
+        tail_tiles = tl.cdiv(N - (NKB - 1) * BLOCK_K, BLOCK_N)  # tiles wholly past N are skipped
+        for t in tl.range(0, (n_blocks - n_main) * tail_tiles, num_stages=1):  # no smem for pipelining this
+            kv_row = (NKB - 1) * BLOCK_K + t * BLOCK_N
+            qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
+            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
+                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST, EXP16)
+
+    # Rows with no key block: l = 0 -> o = 0, lse = -inf (as the reference).
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    rows = q_row + tl.arange(0, BLOCK_M)
+    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_on \
+        + tl.arange(0, HEAD_DIM)[None, :]
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=rows[:, None] < N)
+    if RETURN_LSE:
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        tl.store(LSE + (b * H + h).to(tl.int64) * N + rows, lse, mask=rows < N)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune prune: a config's tiles must divide the mask's blocks."""
+    args = {**named_args, **kwargs}
+    bq, bk = args["BLOCK_Q"], args["BLOCK_K"]
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bq and c.kwargs["BLOCK_N"] <= bk]
+    return keep or configs[:1]
+
+
+def _triton_config(c: AttnConfig) -> triton.Config:
+    return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "USE_TMA": c.use_tma,
+                          "PIPE_QK": c.pipe_qk}, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+_tuned_kernels: dict[tuple[int, bool], object] = {}
+
+
+def _autotuned(head_dim: int, tma_ok: bool):
+    """The forward wrapped in `triton.autotune` over the opt-in sweep (TMA configs only where usable)."""
+    key = (head_dim, tma_ok)
+    if key not in _tuned_kernels:
+        configs = [c for c in attention_autotune_configs(head_dim) if tma_ok or not c.use_tma]
+        _tuned_kernels[key] = triton.autotune(
+            [_triton_config(c) for c in configs],
+            key=["HEAD_DIM", "BLOCK_Q", "BLOCK_K", "N", "RETURN_LSE", "DOT_PREC"],
+            prune_configs_by={"early_config_prune": _prune},
+        )(_block_sparse_fwd)
+    return _tuned_kernels[key]
+
+
+# --------------------------------------------------------------------------------------------- host side
+_order_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mask_tensors(mask: BlockSparseMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kv_num_blocks, kv_indices, heaviest-first order), contiguous int32, cached per mask object."""
+    hit = _order_cache.get(mask)
+    if hit is None:
+        hit = (mask.kv_num_blocks.contiguous(), mask.kv_indices.contiguous(), mask.heaviest_first().contiguous())
+        _order_cache[mask] = hit
+    return hit
+
+
+def _tma_allocator(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned bases and row strides."""
+    for t in tensors:
+        es = t.element_size()
+        if t.data_ptr() % 16 or (t.stride(2) * es) % 16 or t.stride(3) != 1:
+            return False
+    return True
+
+
+def _exp16_mode(c: AttnConfig, q: torch.Tensor) -> int:
+    """0: fp32 exp2; 1: packed 16-bit ex2 in PTX (bf16 needs sm_90, fp16 sm_75); 2: its interpreter emulation."""
+    if not c.exp16 or q.dtype == torch.float32:
+        return 0
+    if INTERPRET:
+        return 2
+    need = (9, 0) if q.dtype == torch.bfloat16 else (7, 5)
+    return 1 if torch.cuda.get_device_capability(q.device) >= need else 0
+
+
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    out: torch.Tensor | None = None,
+    config: AttnConfig | None = None,
+):
+    """Block-sparse attention forward with the Triton kernel.
+
+    Args:
+        q, k, v: ``[B, H, N, D]`` in tile order, one dtype (bf16/fp16/fp32), one device (CUDA, or CPU under
+            ``TRITON_INTERPRET=1``), ``D`` in {64, 128}; the last dim must be contiguous (else it is copied).
+        mask: `BlockSparseMask` with ``H`` heads and ``seq_len == N``, on q's device.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        return_lse: also return the natural-log row logsumexp ``[B, H, N]`` float32.
+        out: optional preallocated ``[B, H, N, D]`` output in q's dtype (benchmarks poison it first).
+        config: launch config override (benchmarks and tests); default is the fixed per-GPU config, or an
+            autotune sweep when ``COMPACT_ATTN_AUTOTUNE=1``.
+
+    Returns:
+        ``o`` ``[B, H, N, D]`` in q's dtype, and ``lse`` when ``return_lse``.
+    """
+    scale = check_attention_inputs(q, k, v, mask, scale)
+    if q.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1); q is on {q.device}")
+    bq, bk = mask.block_q, mask.block_k
+    if bq not in _BLOCK_SIZES or bk not in _BLOCK_SIZES:
+        raise ValueError(f"the triton backend needs block_q and block_k in {_BLOCK_SIZES}; got ({bq}, {bk})")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    B, H, N, D = q.shape
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be a [B, H, N, D] {q.dtype} tensor on {q.device} with contiguous last dim")
+    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
+    kv_num, kv_idx, order = _mask_tensors(mask)
+    nqb, nkb = mask.num_q_blocks, mask.num_kv_blocks
+
+    tma_ok = HAS_TMA and _tma_ok(q, k, v) and (INTERPRET or torch.cuda.get_device_capability(q.device)[0] >= 9)
+    if tma_ok:
+        triton.set_allocator(_tma_allocator)
+    upcast = INTERPRET and q.dtype == torch.bfloat16
+    c = config or attention_config(q.device, D, q.dtype)
+    common = dict(HEAD_DIM=D, BLOCK_Q=bq, BLOCK_K=bk, RETURN_LSE=return_lse, UPCAST=upcast, EXP16=_exp16_mode(c, q),
+                  DOT_PREC="ieee" if q.dtype == torch.float32 or upcast else "tf32")
+    args = (q, k, v, out, lse, kv_num, kv_idx, order,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            kv_idx.stride(0), kv_idx.stride(1), B, H, N, nqb, nkb)
+    n_items = H * nqb * B
+
+    if config is None and autotune_enabled():
+        kernel = _autotuned(D, tma_ok)
+
+        def grid(meta):
+            return (n_items * (bq // meta["BLOCK_M"]),)
+
+        kernel[grid](*args, scale * LOG2E, HAS_TAIL=N % bk != 0, EVEN_M=N % bq == 0, **common)
+    else:
+        bm, bn = min(c.block_m, bq), min(c.block_n, bk)
+        use_tma = c.use_tma and tma_ok
+        _block_sparse_fwd[(n_items * (bq // bm),)](
+            *args, scale * LOG2E,
+            BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=N % bk != 0, EVEN_M=N % bq == 0, USE_TMA=use_tma, PIPE_QK=c.pipe_qk,
+            num_warps=c.num_warps, num_stages=c.num_stages, **common,
+        )
+    return (out, lse) if return_lse else out

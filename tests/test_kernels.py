@@ -1,0 +1,291 @@
+"""The Triton kernels (interpreter mode, CPU) against the PyTorch references, and the host wrappers' errors.
+
+Every test draws fresh random inputs, poisons outputs with NaN first and checks they are fully written.
+Tolerance: ``err(kernel, fp32 ref) <= 2 * err(PyTorch in the same low precision, fp32 ref) + atol`` with
+relative Frobenius errors. Sizes are tiny (a few hundred tokens): the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import compact_attn  # noqa: E402
+from compact_attn import BlockSparseMask, block_mass, block_sparse_attention, reference  # noqa: E402
+from compact_attn._config import INTERPRET, AttnConfig, MassConfig  # noqa: E402
+from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
+from compact_attn.mass_kernel import block_mass_triton  # noqa: E402
+
+if not INTERPRET:  # pragma: no cover - a misconfigured run must fail loudly, not skip
+    raise RuntimeError("tests/test_kernels.py needs TRITON_INTERPRET=1 set before triton is imported")
+
+ATOL = 1e-5
+
+
+def _rand(*shape, dtype):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def _random_mask(H: int, N: int, bq: int, bk: int, density: float, text: str = "none", text_tokens: int = 0,
+                 empty_row: bool = False) -> BlockSparseMask:
+    """Random block mask; diagonal kept; text blocks (front or back) dense both ways; optionally one empty row."""
+    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
+    dense = torch.rand(H, nq, nk) < density
+    qb = torch.arange(nq)
+    dense[:, qb, torch.clamp(qb * bq // bk, max=nk - 1)] = True
+    if text == "front":
+        dense[:, : math.ceil(text_tokens / bq), :] = True
+        dense[:, :, : math.ceil(text_tokens / bk)] = True
+    elif text == "back":
+        dense[:, (N - text_tokens) // bq :, :] = True
+        dense[:, :, (N - text_tokens) // bk :] = True
+    if empty_row:
+        dense[0, nq // 2] = False
+    return BlockSparseMask.from_dense(dense, bq, bk, N)
+
+
+def _torch_lowp(q, k, v, mask: BlockSparseMask) -> torch.Tensor:
+    """PyTorch attention computed in the inputs' dtype (scores, softmax and PV in bf16/fp16/fp32, as eager
+    PyTorch does it); rows with no keys -> 0."""
+    tm = mask.token_mask()
+    s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    s = s.masked_fill(~tm[None], float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return torch.matmul(p, v)
+
+
+def _check_attention(q, k, v, mask, config=None):
+    out = torch.full_like(q, float("nan"))
+    o, lse = block_sparse_attention_triton(q, k, v, mask, return_lse=True, out=out, config=config)
+    assert o is out
+    assert not torch.isnan(o).any(), "kernel left output elements unwritten (NaN poison survived)"
+    ref_o, ref_lse = reference.block_sparse_attention(q.float(), k.float(), v.float(), mask, return_lse=True)
+    low = _torch_lowp(q, k, v, mask)
+    err, err_torch = _rel(o, ref_o), _rel(low, ref_o)
+    assert err <= 2 * err_torch + ATOL, f"kernel error {err:.3e} > 2 x torch {q.dtype} error {err_torch:.3e} + atol"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite), "lse is -inf exactly on rows with no key block"
+    assert torch.allclose(lse[finite], ref_lse[finite], atol=1e-3, rtol=1e-4)
+    return o
+
+
+# (name, B, H, N, D, dtype, block_q, block_k, density, text, text_tokens)
+ATTN_CASES = [
+    ("grid3x5x7-bf16-d64", 1, 2, 105, 64, torch.bfloat16, 64, 64, 0.5, "none", 0),
+    ("grid2x9x15+text-back-fp16-d128", 1, 2, 270 + 26, 128, torch.float16, 128, 128, 0.4, "back", 26),
+    ("grid3x5x13+text-front-bf16-d128", 2, 1, 195 + 13, 128, torch.bfloat16, 64, 64, 0.4, "front", 13),
+    ("grid13x4x3-fp32-d64", 1, 2, 156, 64, torch.float32, 64, 64, 0.6, "none", 0),
+    ("bq128-bk64-fp16-d64", 1, 2, 333, 64, torch.float16, 128, 64, 0.3, "back", 40),
+    ("bq64-bk128-bf16-d128", 1, 1, 200, 128, torch.bfloat16, 64, 128, 0.5, "none", 0),
+]
+
+
+@pytest.mark.parametrize("case", ATTN_CASES, ids=[c[0] for c in ATTN_CASES])
+def test_attention_matches_reference(case):
+    _, B, H, N, D, dtype, bq, bk, density, text, text_tokens = case
+    q, k, v = (_rand(B, H, N, D, dtype=dtype) for _ in range(3))
+    mask = _random_mask(H, N, bq, bk, density, text, text_tokens)
+    _check_attention(q, k, v, mask)
+
+
+def test_attention_sub_tiles_and_split_query_blocks():
+    """BLOCK_M < block_q (two programs per query block) and BLOCK_N < block_k (two tiles per key block) with a
+    ragged tail that leaves the second tile of the last key block empty."""
+    q, k, v = (_rand(1, 2, 300, 64, dtype=torch.bfloat16) for _ in range(3))
+    mask = _random_mask(2, 300, 128, 128, 0.5, "back", 20)
+    _check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1))
+
+
+def test_attention_tensor_descriptor_path():
+    """The TMA path (device-side tensor descriptors, per-head bounds) with a ragged tail and strided inputs."""
+    base = _rand(1, 190, 2, 64, dtype=torch.float16)  # [B, N, H, D] as models produce it
+    q = base.transpose(1, 2)
+    k, v = (_rand(1, 190, 2, 64, dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    mask = _random_mask(2, 190, 64, 64, 0.5, "front", 30)
+    _check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1,
+                                                       use_tma=True))
+
+
+def test_attention_empty_query_block_gives_zero_and_minus_inf_lse():
+    q, k, v = (_rand(1, 2, 200, 64, dtype=torch.bfloat16) for _ in range(3))
+    mask = _random_mask(2, 200, 64, 64, 0.5, empty_row=True)
+    o = _check_attention(q, k, v, mask)
+    qb = mask.num_q_blocks // 2
+    assert torch.all(o[0, 0, qb * 64 : (qb + 1) * 64] == 0)
+
+
+def test_attention_real_pattern_mask():
+    """A layer mask from the pattern language (local, cross and frame-grouped heads, text at the back)."""
+    from compactsearch.geometry import VideoGeometry
+    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+    from compactsearch.tiling import TileLayout
+
+    layout = TileLayout(VideoGeometry(4, 6, 10, 17, "back"), (2, 4, 8), 64)
+    nt, nh, nw = layout.grid_thw
+    patterns = [
+        Pattern.local(0, 1, 1),
+        Pattern((FrameGroup(0, nt - 1, (Window(nh, 1), Window(1, nw))),)),
+        Pattern((FrameGroup(0, 0, (Window(nh, nw),)), FrameGroup(1, nt - 1, (Window(1, 1),)))),
+    ]
+    mask = build_layer_mask(patterns, layout)
+    q, k, v = (_rand(1, 3, layout.seq_len, 128, dtype=torch.bfloat16) for _ in range(3))
+    _check_attention(q, k, v, mask)
+
+
+def test_entry_point_backends(monkeypatch):
+    q, k, v = (_rand(1, 2, 150, 64, dtype=torch.float16) for _ in range(3))
+    mask = _random_mask(2, 150, 64, 64, 0.5)
+    tri = block_sparse_attention(q, k, v, mask, backend="triton")
+    ref = block_sparse_attention(q, k, v, mask, backend="reference")
+    auto = block_sparse_attention(q, k, v, mask)  # CPU tensors -> reference
+    assert torch.equal(auto, ref)
+    assert torch.equal(ref, reference.block_sparse_attention(q, k, v, mask))
+    assert _rel(tri, ref.float()) < 2e-3
+    monkeypatch.setenv("COMPACT_ATTN_BACKEND", "triton")
+    assert torch.equal(block_sparse_attention(q, k, v, mask), tri)
+    assert compact_attn.resolve_backend("reference", torch.device("cpu")) == "reference"
+    monkeypatch.setenv("COMPACT_ATTN_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="COMPACT_ATTN_BACKEND must be"):
+        block_sparse_attention(q, k, v, mask)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        block_sparse_attention(q, k, v, mask, backend="flash")
+
+
+# ------------------------------------------------------------------------------------------------ block mass
+def _torch_lowp_mass(q, k, bq, bk):
+    """Block mass with PyTorch's scores in the inputs' dtype (softmax and sums in fp32)."""
+    s = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    p = torch.softmax(s, -1)
+    B, H, N, _ = q.shape
+    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
+    p = F.pad(p, (0, nk * bk - N, 0, nq * bq - N))
+    return p.view(B, H, nq, bq, nk, bk).sum((3, 5))
+
+
+# (name, B, H, N, D, dtype, block_q, block_k, with_lse)
+MASS_CASES = [
+    ("bf16-d64-64x64-ragged", 1, 2, 201, 64, torch.bfloat16, 64, 64, False),
+    ("fp16-d128-64x32", 2, 1, 150, 128, torch.float16, 64, 32, False),
+    ("fp32-d64-32x64", 1, 2, 100, 64, torch.float32, 32, 64, False),
+    ("bf16-d128-128x128-lse", 1, 2, 300, 128, torch.bfloat16, 128, 128, True),
+]
+
+
+@pytest.mark.parametrize("case", MASS_CASES, ids=[c[0] for c in MASS_CASES])
+def test_block_mass_matches_reference(case):
+    _, B, H, N, D, dtype, bq, bk, with_lse = case
+    q, k = _rand(B, H, N, D, dtype=dtype), _rand(B, H, N, D, dtype=dtype)
+    lse = None
+    if with_lse:
+        s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) / math.sqrt(D)
+        lse = torch.logsumexp(s, -1)
+    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
+    out = torch.full((B, H, nq, nk), float("nan"))
+    got = block_mass_triton(q, k, bq, bk, lse=lse, out=out)
+    assert got is out and not torch.isnan(out).any(), "block mass left entries unwritten"
+    ref = reference.block_mass(q.float(), k.float(), bq, bk)
+    err, err_torch = _rel(out, ref), _rel(_torch_lowp_mass(q, k, bq, bk), ref)
+    assert err <= 2 * err_torch + 1e-5, f"block mass error {err:.3e} > 2 x torch error {err_torch:.3e}"
+    tokens = torch.clamp(N - torch.arange(nq) * bq, max=bq).float()
+    assert torch.allclose(out.sum(-1), tokens.expand(B, H, nq), rtol=1e-4)
+
+
+def test_block_mass_entry_point_and_pass_config():
+    q, k = _rand(1, 2, 130, 64, dtype=torch.float16), _rand(1, 2, 130, 64, dtype=torch.float16)
+    tri = block_mass(q, k, 64, 64, backend="triton")
+    ref = block_mass(q, k, 64, 64)  # CPU -> reference
+    assert torch.equal(ref, reference.block_mass(q, k, 64, 64))
+    assert _rel(tri, ref) < 1e-4
+    small = block_mass_triton(q, k, 64, 64, config=MassConfig(32, 16, 4, 1, 4, 1))
+    assert _rel(small, ref) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ wrapper errors
+def _qkv(B=1, H=2, N=64, D=64, dtype=torch.float16, device="cpu"):
+    return tuple(torch.zeros(B, H, N, D, dtype=dtype, device=device) for _ in range(3))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda q, k, v, m: (q[0], k, v, m), r"q must be \[B, H, N, D\] \(4 dims\)"),
+        (lambda q, k, v, m: (q, k[:, :, :32], v, m), "q, k and v must have one shape"),
+        (lambda q, k, v, m: (q.int(), k.int(), v.int(), m), "must be bfloat16, float16 or float32"),
+        (lambda q, k, v, m: (q, k.bfloat16(), v, m), "must share a dtype"),
+        (lambda q, k, v, m: (q, k.to("meta"), v, m), "must be on one device"),
+        (lambda q, k, v, m: (*(t[..., :32].contiguous() for t in (q, k, v)), m), "head dim must be 64 or 128"),
+        (lambda q, k, v, m: (q, k, v, "dense"), "mask must be a compact_attn.BlockSparseMask"),
+        (lambda q, k, v, m: (q, k, v, BlockSparseMask.dense_mask(3, 64, 64, 64)), "mask has 3 heads but q has 2"),
+        (lambda q, k, v, m: (q, k, v, BlockSparseMask.dense_mask(2, 70, 64, 64)), "mask.seq_len is 70 but q has 64"),
+        (lambda q, k, v, m: (*(t.to("meta") for t in (q, k, v)), m), "mask is on cpu but q is on meta"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_attention_input_errors(make, message, backend):
+    q, k, v = _qkv()
+    args = make(q, k, v, BlockSparseMask.dense_mask(2, 64, 64, 64))
+    with pytest.raises(ValueError, match=message):
+        block_sparse_attention(*args, backend=backend)
+
+
+def test_attention_triton_only_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        block_sparse_attention(q, k, v, BlockSparseMask.dense_mask(2, 64, 64, 64), scale=-1.0)
+    with pytest.raises(ValueError, match=r"block_q and block_k in \(16, 32, 64, 128, 256\); got \(48, 64\)"):
+        block_sparse_attention_triton(q, k, v, BlockSparseMask.dense_mask(2, 64, 48, 64))
+    with pytest.raises(ValueError, match="out must be"):
+        block_sparse_attention_triton(q, k, v, BlockSparseMask.dense_mask(2, 64, 64, 64), out=q[:, :1])
+
+
+def test_block_mass_input_errors():
+    q, k, _ = _qkv()
+    with pytest.raises(ValueError, match="q and k must have one shape"):
+        block_mass(q, k[:, :1], 64, 64, backend="triton")
+    with pytest.raises(ValueError, match="head dim must be 64 or 128"):
+        block_mass(q[..., :16], k[..., :16], 64, 64)
+    with pytest.raises(ValueError, match="block_q must be a positive int"):
+        block_mass(q, k, 0, 64)
+    with pytest.raises(ValueError, match=r"lse must be a \[B, H, N\] = \(1, 2, 64\) tensor"):
+        block_mass(q, k, 64, 64, lse=torch.zeros(1, 2, 63))
+    with pytest.raises(ValueError, match=r"block_q and block_k in \(16, 32, 64, 128\); got \(256, 64\)"):
+        block_mass(q, k, 256, 64, backend="triton")
+    with pytest.raises(ValueError, match="out must be a contiguous float32"):
+        block_mass_triton(q, k, 64, 64, out=torch.zeros(1, 2, 1, 2))
+
+
+def test_flex_block_mask_when_max_k_is_below_num_kv_blocks():
+    """Regression: `to_flex_block_mask` padded to NKB (FlexAttention reads the index width as NKB)."""
+    dense = torch.rand(2, 5, 5) < 0.3
+    dense[:, torch.arange(5), torch.arange(5)] = True
+    mask = BlockSparseMask.from_dense(dense, 128, 128, 600)
+    assert mask.kv_indices.shape[-1] < 5 or bool(dense.all())
+    assert torch.equal(mask.to_flex_block_mask().to_dense()[0].bool(), dense)
+
+
+def test_kernel_bench_rejects_cpu_tensors():
+    from compactsearch.kernel_bench import time_against_dense
+
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        time_against_dense(q, k, v, BlockSparseMask.dense_mask(2, 64, 64, 64))
+
+
+def test_kernel_modules_do_not_shadow_entry_points():
+    import importlib
+
+    importlib.import_module("compact_attn.mass_kernel")
+    importlib.import_module("compact_attn.attention")
+    assert compact_attn.block_mass is block_mass and callable(compact_attn.block_mass)
+    assert callable(compact_attn.block_sparse_attention)

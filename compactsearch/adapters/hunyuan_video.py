@@ -1,0 +1,139 @@
+"""HunyuanVideo (`HunyuanVideoTransformer3DModel`): 20 dual-stream + 40 single-stream blocks, text at the BACK.
+
+Self-attention modules, in global layer order: ``transformer_blocks[i].attn`` (layers ``0..19``) then
+``single_transformer_blocks[j].attn`` (layers ``20+j``), 60 in all; the text token refiner under
+``context_embedder`` is never touched. The joint sequence is ``[video, text]`` with the text padded to the
+prompt length (256 by default) and padded keys masked out; RoPE covers the video part only. Guidance is
+embedded (``guidance_scale``); true CFG (``true_cfg_scale > 1``) runs cond then uncond forwards. The
+processor is diffusers 0.42.1's ``HunyuanVideoAttnProcessor2_0`` up to post-RoPE q/k.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compactsearch.adapters.base import Adapter, SelfAttentionProcessor
+
+__all__ = ["HunyuanVideoSelfAttnProcessor", "ADAPTER"]
+
+
+class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
+    """HunyuanVideo joint self-attention (dual and single blocks) with the mode switch after RoPE."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        single = attn.add_q_proj is None
+        if single and encoder_hidden_states is not None:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))  # [B, S, H, D]
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            if single and encoder_hidden_states is not None:
+                n = encoder_hidden_states.shape[1]
+                query = torch.cat([apply_rotary_emb(query[:, :-n], image_rotary_emb, sequence_dim=1), query[:, -n:]],
+                                  dim=1)
+                key = torch.cat([apply_rotary_emb(key[:, :-n], image_rotary_emb, sequence_dim=1), key[:, -n:]], dim=1)
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        if not single and encoder_hidden_states is not None:
+            eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            query = torch.cat([query, eq], dim=1)
+            key = torch.cat([key, ek], dim=1)
+            value = torch.cat([value, ev], dim=1)
+
+        def dense() -> torch.Tensor:
+            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+
+        n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        key_valid = None
+        if attention_mask is not None and n_txt:
+            valid = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
+            key_valid = tuple(int(x) for x in valid.expand(query.shape[0]))
+        out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
+                           lambda o: o.transpose(1, 2), text_tokens=n_txt, text_position="back", key_valid=key_valid)
+        hidden_states = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, :-n_txt], hidden_states[:, -n_txt:]
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+def _modules(transformer) -> list:
+    return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
+
+
+def _grid(transformer, args: dict) -> tuple[int, int, int]:
+    _, _, f, h, w = args["hidden_states"].shape
+    p, pt = transformer.config.patch_size, transformer.config.patch_size_t
+    return (f // pt, h // p, w // p)
+
+
+def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
+    out = {"guidance_scale": guidance}  # embedded guidance: one forward per step
+    if negative_prompt is not None:
+        out.update(negative_prompt=negative_prompt, true_cfg_scale=guidance)
+    return out
+
+
+def _tiny_transformer(seed: int = 0):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    ).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[:, 9:] = False  # three padded text tokens: the key mask matters
+    inputs = {
+        "hidden_states": torch.randn(1, 4, 2, 8, 8, generator=g),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 12, 16, generator=g),
+        "encoder_attention_mask": mask,
+        "pooled_projections": torch.randn(1, 8, generator=g),
+        "guidance": torch.tensor([3000.0]),
+        "return_dict": False,
+    }
+    return model, inputs
+
+
+ADAPTER = Adapter(
+    name="hunyuan_video",
+    description="HunyuanVideo: 20 dual + 40 single blocks (60 layers), [video, text] with text at the back",
+    transformer_class="HunyuanVideoTransformer3DModel",
+    processor_class=HunyuanVideoSelfAttnProcessor,
+    attention_modules=_modules,
+    video_grid=_grid,
+    cfg="sequential",
+    text_position="back",
+    pipeline_kwargs=_pipeline_kwargs,
+    tiny_transformer=_tiny_transformer,
+)

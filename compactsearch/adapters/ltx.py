@@ -1,0 +1,111 @@
+"""LTX-Video (`LTXVideoTransformer3DModel`): self-attention ``transformer_blocks[i].attn1``, video only.
+
+The pipeline packs latents to ``[B, S, C]`` and passes the latent grid as ``num_frames``/``height``/``width``;
+RoPE is applied before the head split on ``[B, S, H*D]``. Guidance is batched as ``[uncond, cond]``. The
+processor is diffusers 0.42.1's ``LTXVideoAttnProcessor`` up to post-RoPE q/k.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compactsearch.adapters.base import Adapter, SelfAttentionProcessor
+
+__all__ = ["LTXSelfAttnProcessor", "ADAPTER"]
+
+
+class LTXSelfAttnProcessor(SelfAttentionProcessor):
+    """LTX-Video self-attention (``attn1``) with the mode switch after RoPE."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        if encoder_hidden_states is not None:
+            raise RuntimeError("LTXSelfAttnProcessor is for self-attention (attn1) only")
+        batch_size, sequence_length, _ = hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb)
+            key = apply_rotary_emb(key, image_rotary_emb)
+        query = query.unflatten(2, (attn.heads, -1))  # [B, S, H, D]
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        def dense() -> torch.Tensor:
+            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+
+        out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
+                           lambda o: o.transpose(1, 2))
+        hidden_states = out.flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        return attn.to_out[1](hidden_states)
+
+
+def _modules(transformer) -> list:
+    return [b.attn1 for b in transformer.transformer_blocks]
+
+
+def _grid(transformer, args: dict) -> tuple[int, int, int]:
+    p, pt = transformer.config.patch_size, transformer.config.patch_size_t
+    try:
+        return (int(args["num_frames"]) // pt, int(args["height"]) // p, int(args["width"]) // p)
+    except (KeyError, TypeError) as e:
+        raise RuntimeError("LTXVideoTransformer3DModel must be called with num_frames, height and width") from e
+
+
+def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
+    out = {"guidance_scale": guidance}
+    if negative_prompt is not None:
+        out["negative_prompt"] = negative_prompt
+    return out
+
+
+def _tiny_transformer(seed: int = 0):
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+        num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=16,
+    ).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    f, h, w = 2, 4, 4
+    inputs = {
+        "hidden_states": torch.randn(2, f * h * w, 4, generator=g),
+        "encoder_hidden_states": torch.randn(2, 6, 16, generator=g),
+        "timestep": torch.tensor([500, 500]),
+        "encoder_attention_mask": torch.ones(2, 6, dtype=torch.bool),
+        "num_frames": f,
+        "height": h,
+        "width": w,
+        "return_dict": False,
+    }
+    return model, inputs
+
+
+ADAPTER = Adapter(
+    name="ltx",
+    description="LTX-Video (2B, 13B): transformer_blocks[i].attn1, packed latents, no text tokens",
+    transformer_class="LTXVideoTransformer3DModel",
+    processor_class=LTXSelfAttnProcessor,
+    attention_modules=_modules,
+    video_grid=_grid,
+    cfg="batched",
+    text_position="none",
+    pipeline_kwargs=_pipeline_kwargs,
+    tiny_transformer=_tiny_transformer,
+)

@@ -1,0 +1,138 @@
+"""The public adapter registry (keyed by family name) and the model-loading seam.
+
+`get_adapter(name)` returns a family's `Adapter`; `register_adapter` adds one (a new family is one module and
+one entry). `load_pipeline(model_id, ...)` turns a recipe's ``model.id`` into a diffusers pipeline:
+
+- a name registered with `register_model` (``tiny-random-wan``, ``tiny-random-wan22``: tiny random pipelines
+  built locally for tests and examples; a bundled trained model registers itself the same way);
+- a local directory written by ``save_pretrained``;
+- a Hugging Face Hub id, read from the local cache (or downloaded when online).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compactsearch.adapters import cogvideox, hunyuan_video, ltx, mochi, wan
+from compactsearch.adapters.base import Adapter
+from compactsearch.errors import InputError
+
+__all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
+           "register_model", "load_pipeline", "DTYPES"]
+
+ADAPTERS: dict[str, Adapter] = {}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Add a family to the registry (a second adapter of the same name replaces the first)."""
+    ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+def adapter_names() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered as ``name``; an InputError listing the known ones otherwise."""
+    try:
+        return ADAPTERS[name]
+    except KeyError:
+        raise InputError(f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}") from None
+
+
+for _mod in (wan, hunyuan_video, cogvideox, ltx, mochi):
+    register_adapter(_mod.ADAPTER)
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """A model ``id`` built in-process instead of loaded: ``build(dtype) -> pipeline``."""
+
+    name: str
+    adapter: str
+    description: str
+    build: Callable[[torch.dtype], object]
+
+
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str, adapter: str, description: str, build: Callable[[torch.dtype], object]) -> None:
+    """Make ``model.id: NAME`` in a recipe build a pipeline with ``build(dtype)``."""
+    MODELS[name] = ModelBuilder(name, adapter, description, build)
+
+
+register_model("tiny-random-wan", "wan", "tiny random WanPipeline (2 layers, 2 heads x 16), built locally, no VAE",
+               lambda dtype: wan.tiny_wan_pipeline(1, dtype))
+register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline like Wan2.2 A14B, no VAE",
+               lambda dtype: wan.tiny_wan_pipeline(2, dtype))
+
+
+def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: str = "cpu",
+                  offload: str = "none", base_dir: Path | None = None):
+    """Build or load the pipeline named by a recipe's ``model`` section, on ``device``.
+
+    Args:
+        model_id: a registered model name, a local ``save_pretrained`` directory (relative paths resolve
+            against ``base_dir`` first) or a Hub id.
+        adapter: the family; checked against the model.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: torch device string.
+        offload: ``none``, ``model`` (``enable_model_cpu_offload``) or ``sequential``
+            (``enable_sequential_cpu_offload``); both lower GPU memory and need ``accelerate``.
+    """
+    family = get_adapter(adapter)
+    if dtype not in DTYPES:
+        raise InputError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    if model_id in MODELS:
+        builder = MODELS[model_id]
+        if builder.adapter != adapter:
+            raise InputError(f"model {model_id!r} is a '{builder.adapter}' model; set model.adapter: {builder.adapter}")
+        pipe = builder.build(torch_dtype)
+    else:
+        path = Path(model_id)
+        if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+            path = Path(base_dir) / path
+        looks_local = path.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+        if looks_local and not path.exists():
+            raise InputError(f"model.id {model_id}: no such directory; give a save_pretrained directory or a Hub id")
+        pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
+    family.transformers(pipe)  # checks the family matches
+    pipe.set_progress_bar_config(disable=True)
+    if offload == "none":
+        pipe.to(device)
+    elif offload in ("model", "sequential"):
+        try:
+            if offload == "model":
+                pipe.enable_model_cpu_offload(device=device)
+            else:
+                pipe.enable_sequential_cpu_offload(device=device)
+        except (ImportError, ValueError, RuntimeError) as e:
+            raise InputError(f"model.offload: {offload} failed ({str(e).splitlines()[0]}); install accelerate "
+                             "(pip install accelerate) or set model.offload: none") from e
+    else:
+        raise InputError(f"model.offload must be none, model or sequential, got {offload!r}")
+    return pipe
+
+
+def _from_pretrained(model_id: str, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype)
+    except (OSError, ValueError) as e:
+        if Path(model_id).exists():
+            raise InputError(f"model {model_id} cannot be loaded as a diffusers pipeline: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise InputError(
+            f"weights for {model_id} not found (no local copy and the Hub is unreachable): download them with "
+            f"`hf download {model_id} --local-dir DIR` on a connected machine and set model.id to DIR"
+        ) from e

@@ -1,0 +1,200 @@
+"""Capture: the sink the adapters call in ``"capture"`` mode, accumulating block mass per (bucket, layer).
+
+For every self-attention call at a profiled step and on the captured branch (``cond`` by default), each
+selected batch item's q and k (``[1, H, N, D]``, model order) are permuted to TILE order with the profile's
+`TileLayout`, and their block mass ``[H, NQB, NKB]`` is added to the (bucket, layer) accumulator:
+`compact_attn.block_mass` (the Triton kernel on a GPU), or its PyTorch reference (chunked, so no N x N
+tensor ever exists) on a CPU. A prompt's result is the mean over the profiled steps of each bucket (and the
+selected batch items); the profile is the mean of those over prompts.
+
+Masked keys: HunyuanVideo and Mochi pad the text to a fixed length and mask the padding out of the keys.
+The mass is then computed over the valid prefix of the tile-order sequence (video, then the valid text; the
+padding sits at the very end) and the padded text queries' rows are computed against the valid keys, so
+padded key blocks get zero mass and every query block's row still sums to its token count.
+
+Samples: on request, the first captured call of each chosen layer keeps ``q``, ``k``, ``v`` of a few heads
+(tile order, ``[1, h, N, D]``, the model's dtype) for `compactsearch validate`, with ``heads`` (int64
+``[h]``), ``step`` and ``bucket`` (int64 ``[1]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+import compact_attn
+from compact_attn import reference as _reference
+from compactsearch.adapters.base import AttentionCall
+from compactsearch.errors import InputError
+from compactsearch.geometry import VideoGeometry
+from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+
+__all__ = ["block_mass", "masked_block_mass", "BlockMassCapture", "PromptCapture"]
+
+
+def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Block mass ``[B, H, NQB, NKB]`` float32 of ``q, k`` ``[B, H, N, D]`` (tile order).
+
+    Uses the `compact_attn.block_mass` entry point (Triton on CUDA, the reference on CPU) for head dims 64
+    and 128, which it supports; other head dims (tiny test models) go to the chunked PyTorch reference.
+    """
+    if q.shape[-1] not in (64, 128):
+        return _reference.block_mass(q, k, block_size, block_size)
+    return compact_attn.block_mass(q, k, block_size, block_size)
+
+
+def masked_block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, key_valid: int | None = None) -> torch.Tensor:
+    """Block mass of one batch item whose keys past ``key_valid`` (tile order) are masked out.
+
+    Args:
+        q, k: ``[1, H, N, D]`` in tile order.
+        block_size: kernel block size.
+        key_valid: number of leading valid keys; None or ``>= N`` means all.
+
+    Returns:
+        ``[H, NQB, NKB]`` float32; key blocks past ``key_valid`` get zero mass; every query row sums to 1.
+    """
+    N = q.shape[2]
+    if key_valid is None or key_valid >= N:
+        return block_mass(q, k, block_size)[0]
+    H, D = q.shape[1], q.shape[3]
+    nb = math.ceil(N / block_size)
+    out = torch.zeros(H, nb, nb, dtype=torch.float32, device=q.device)
+    m = block_mass(q[:, :, :key_valid], k[:, :, :key_valid], block_size)[0]
+    out[:, : m.shape[1], : m.shape[2]] = m
+    # Padded (text) queries still attend to the valid keys; their few rows are done directly.
+    qp = q[0, :, key_valid:].float()
+    kf = k[0, :, :key_valid].float()
+    rows = torch.arange(key_valid, N, device=q.device) // block_size
+    pad = nb * block_size - key_valid
+    for h in range(H):
+        p = torch.softmax((qp[h] @ kf[h].T) / math.sqrt(D), dim=-1)
+        p = torch.nn.functional.pad(p, (0, pad)).view(p.shape[0], nb, block_size).sum(-1)
+        out[h].index_add_(0, rows, p)
+    return out
+
+
+@dataclass
+class PromptCapture:
+    """What one prompt produced: mean block mass per (bucket, layer) and the kept samples.
+
+    Attributes:
+        mass: ``(bucket, layer) -> [H, NQB, NKB]`` float32 on CPU, mean over the bucket's captured calls.
+        calls: ``(bucket, layer) -> number of captured (step, batch item) pairs``.
+        samples: ``layer -> {name: tensor}`` (see the module docstring).
+        experts: ``bucket -> sorted expert indices`` that ran in it.
+    """
+
+    mass: dict = field(default_factory=dict)
+    calls: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)
+    experts: dict = field(default_factory=dict)
+
+
+class BlockMassCapture:
+    """The capture sink: ``capture(call, q, k, v)`` from the processors; one prompt at a time.
+
+    Args:
+        bucket_of_step: ``step -> bucket`` for every profiled step (other steps are ignored).
+        branch: ``"cond"`` or ``"uncond"``: which guidance branch to record.
+        tile: tile shape; None picks the default for the first call's geometry.
+        block_size: kernel block size (64 or 128); None with no tile: `default_tiling` picks both.
+        geometry: the expected geometry; None accepts the first call's and holds every later call to it.
+        sample_layers: layers whose q/k/v to keep (None: every layer), when `start_prompt` asks for samples.
+        sample_heads: heads kept per sampled layer.
+    """
+
+    def __init__(
+        self,
+        bucket_of_step: Mapping[int, int],
+        *,
+        branch: str = "cond",
+        tile: Sequence[int] | None = None,
+        block_size: int | None = 128,
+        geometry: VideoGeometry | None = None,
+        sample_layers: Sequence[int] | None = None,
+        sample_heads: int = 1,
+    ):
+        if branch not in ("cond", "uncond"):
+            raise InputError(f"profile.branch must be cond or uncond, got {branch!r}")
+        self.bucket_of_step = dict(bucket_of_step)
+        self.branch = branch
+        self.tile = tuple(tile) if tile is not None else None
+        self.block_size = block_size
+        self.layout: TileLayout | None = None
+        if geometry is not None:
+            self._set_layout(geometry)
+        self.sample_layers = None if sample_layers is None else set(sample_layers)
+        self.sample_heads = sample_heads
+        self.num_heads: int | None = None
+        self.head_dim: int | None = None
+        self._sums: dict = {}
+        self._counts: dict = {}
+        self._samples: dict = {}
+        self._experts: dict = {}
+        self._keep_samples = False
+
+    def _set_layout(self, geometry: VideoGeometry) -> None:
+        if self.tile is None and self.block_size is None:
+            tile, self.block_size = default_tiling(geometry)
+        else:
+            self.block_size = self.block_size or 128
+            tile = self.tile or default_tile_shape(geometry, self.block_size)
+        self.layout = TileLayout(geometry, tile, self.block_size)
+
+    def start_prompt(self, keep_samples: bool = False) -> None:
+        """Clear the accumulators before the next prompt."""
+        self._sums, self._counts, self._samples, self._experts = {}, {}, {}, {}
+        self._keep_samples = keep_samples
+
+    def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        bucket = self.bucket_of_step.get(call.step)
+        if bucket is None:
+            return
+        items = [i for i, b in enumerate(call.batch_branches) if b == self.branch]
+        if not items:
+            return
+        if self.layout is None:
+            self._set_layout(call.geometry)
+        elif call.geometry != self.layout.geometry:
+            raise InputError(f"layer {call.layer} runs on {call.geometry.describe()}, but this profile is for "
+                             f"{self.layout.geometry.describe()}: every prompt must give the same sequence "
+                             "(fix max_sequence_length or the resolution)")
+        if call.key_valid is not None and call.geometry.text_position == "front":
+            raise InputError("masked text keys in front of the video are not supported")
+        self.num_heads, self.head_dim = q.shape[1], q.shape[3]
+        key = (bucket, call.layer)
+        with torch.no_grad():
+            for i in items:
+                qt = self.layout.to_tile_order(q[i : i + 1], dim=-2)
+                kt = self.layout.to_tile_order(k[i : i + 1], dim=-2)
+                kv = None if call.key_valid is None else call.key_valid[i]
+                m = masked_block_mass(qt, kt, self.block_size, kv)
+                if key in self._sums:
+                    self._sums[key] += m
+                else:
+                    self._sums[key] = m
+                self._counts[key] = self._counts.get(key, 0) + 1
+                if self._keep_samples and call.layer not in self._samples and (
+                    self.sample_layers is None or call.layer in self.sample_layers
+                ):
+                    hs = min(self.sample_heads, q.shape[1])
+                    vt = self.layout.to_tile_order(v[i : i + 1], dim=-2)
+                    self._samples[call.layer] = {
+                        "q": qt[:, :hs].detach().cpu().contiguous(),
+                        "k": kt[:, :hs].detach().cpu().contiguous(),
+                        "v": vt[:, :hs].detach().cpu().contiguous(),
+                        "heads": torch.arange(hs, dtype=torch.int64),
+                        "step": torch.tensor([call.step], dtype=torch.int64),
+                        "bucket": torch.tensor([bucket], dtype=torch.int64),
+                    }
+        self._experts.setdefault(bucket, set()).add(call.expert)
+
+    def prompt_result(self) -> PromptCapture:
+        """The finished prompt: means over each bucket's captured calls, on CPU."""
+        mass = {key: (s / self._counts[key]).cpu() for key, s in self._sums.items()}
+        experts = {b: sorted(e) for b, e in self._experts.items()}
+        return PromptCapture(mass, dict(self._counts), dict(self._samples), experts)

@@ -27,7 +27,7 @@ def _base(**over) -> dict:
 
 def test_defaults_and_bucket_map():
     r = recipe_from_dict(_base())
-    assert r.dtype == "bfloat16" and r.offload == "none" and r.block_size == 128 and r.tile is None
+    assert r.dtype == "bfloat16" and r.offload == "none" and r.block_size is None and r.tile is None
     assert r.profiled_steps == tuple(range(10)) and r.buckets == ((0, 4), (4, 10))
     assert r.bucket_of_step()[3] == 0 and r.bucket_of_step()[4] == 1
     assert [r.seed_of(i) for i in range(2)] == [0, 1]
@@ -52,6 +52,7 @@ def test_every_n_steps_keeps_the_last_step():
     ({"profile": {"branch": "both"}}, r"^profile.branch: must be one of cond, uncond"),
     ({"tiling": {"tile": [1, 4, 4], "block_size": 128}}, r"^tiling.tile: \[1, 4, 4\] holds 16 tokens"),
     ({"tiling": {"block_size": 32}}, r"^tiling.block_size: must be one of \(64, 128\)"),
+    ({"tiling": {"tile": [1, 8, 8]}}, r"^tiling: give block_size together with tile"),
     ({"prompts": []}, r"^prompts: needs at least one prompt"),
     ({"prompts": ["ok", 3]}, r"^prompts\[1\]: expected a non-empty string"),
 ])

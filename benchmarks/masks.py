@@ -1,6 +1,6 @@
 """Mask build speed: every mask of a Wan2.1-14B 720p config (40 layers x 40 heads, one bucket), CPU.
 
-Every head gets its own pattern (random frame groups and windows, seeded), so the per-pattern cache in
+Layers are built `--threads` at a time (`compactsearch.patterns.build_masks`). Every head gets its own pattern (random frame groups and windows, seeded), so the per-pattern cache in
 `build_layer_mask` cannot help: this is the worst case a searched config can present.
 
     python benchmarks/masks.py [--threads 2] [--repeats 3]
@@ -16,7 +16,7 @@ import time
 import torch
 
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window, build_masks
 from compactsearch.tiling import TileLayout, default_tiling
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        masks = [build_layer_mask(p, layout) for p in layers]
+        masks = build_masks(layers, layout, workers=args.threads)
         times.append(time.perf_counter() - t0)
     density = sum(m.density() for m in masks) / len(masks)
     print(f"{geometry.describe()}, {layout.describe()}")

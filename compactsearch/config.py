@@ -40,7 +40,7 @@ from compact_attn.mask import BlockSparseMask
 from compactsearch._io import atomic_write_text, dump_yaml, read_yaml
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, build_masks
 from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
 __all__ = ["FORMAT", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config"]
@@ -106,14 +106,12 @@ class Config:
                 return i
         return None
 
-    def masks(self, progress=None):
-        """Yield ``(bucket, layer, BlockSparseMask)`` for every layer of every bucket."""
+    def masks(self, workers: int | None = None) -> dict[tuple[int, int], BlockSparseMask]:
+        """Every layer's mask of every bucket, ``{(bucket, layer): BlockSparseMask}``, built in parallel."""
         layout = self.layout()
-        for bi, b in enumerate(self.buckets):
-            for li in range(len(b.layers)):
-                yield bi, li, self.layer_mask(bi, li, layout)
-                if progress is not None:
-                    progress()
+        keys = [(bi, li) for bi, b in enumerate(self.buckets) for li in range(len(b.layers))]
+        built = build_masks([self.buckets[bi].layers[li].patterns() for bi, li in keys], layout, workers)
+        return dict(zip(keys, built))
 
     # ---------------------------------------------------------------- I/O
     def to_dict(self) -> dict:

@@ -13,8 +13,10 @@ contiguous tile ranges each kernel block covers (see `compactsearch.tiling`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ __all__ = [
     "layer_block_masks",
     "pattern_block_mask",
     "build_layer_mask",
+    "build_masks",
     "pattern_token_density",
     "reference_local_pattern",
     "reference_panel",
@@ -153,8 +156,8 @@ def _regions(layout: TileLayout) -> list[tuple]:
     """The tile grid cut into product sub-grids: per axis the run of full tiles and the partial last tile.
 
     Returns ``(t, h, w, seq, start, perm)`` per region: the axis coordinates it spans, the sequence position of
-    each of its tiles (raster order inside the region), the first sequence position when the region is
-    contiguous in the sequence (else None), and the snake permutation inside it (None when raster).
+    each of its tiles (raster order inside the region), its first sequence position (regions are contiguous in
+    the tile order), and the snake permutation inside it (None when raster).
     """
     cached = getattr(layout, "_regions_cache", None)
     if cached is not None:
@@ -177,25 +180,21 @@ def _regions(layout: TileLayout) -> list[tuple]:
         start = int(seq.min())
         # The tile order keeps each region contiguous (regions are the faces of `tiling._tile_order`); inside
         # a region it walks a snake: `perm[i]` is the raster index, within the region, of sequence slot i.
-        contiguous = int(seq.max()) - start + 1 == seq.numel()
-        perm = torch.argsort(seq) if contiguous else None
-        if perm is not None and torch.equal(perm, torch.arange(seq.numel())):
+        if int(seq.max()) - start + 1 != seq.numel():
+            raise AssertionError("tile order must keep each product sub-grid contiguous")
+        perm = torch.argsort(seq)
+        if torch.equal(perm, torch.arange(seq.numel())):
             perm = None
-        out.append((t, h, w, seq, start if contiguous else None, perm))
+        out.append((t, h, w, seq, start, perm))
     object.__setattr__(layout, "_regions_cache", out)
     return out
 
 
-def tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
-    """Allowed (query tile, key tile) pairs of several patterns, ``[P, num_tiles, num_tiles]`` bool, sequence order.
-
-    A pattern's mask is an OR over its frame groups of (temporal group mask) x (spatial window union): a
-    Kronecker structure on every product sub-grid of tiles. The grid splits into such sub-grids (the full
-    tiles, the partial faces, edges and corner), so each pair of them is filled with broadcast ANDs, no
-    per-tile work.
-    """
+def _tile_mask_pieces(patterns: Sequence[Pattern], layout: TileLayout):
+    """Yield ``(row_start, col_start, piece)``: the sequence-order tile mask of the patterns, one rectangle
+    ``[P, rows, cols]`` bool per pair of product sub-grids (see `tile_masks`)."""
     nt, nh, nw = layout.grid_thw
-    n, ns, P = layout.num_tiles, nh * nw, len(patterns)
+    ns, P = nh * nw, len(patterns)
     G = max([len(p.groups) for p in patterns if not p.is_dense] + [1])
     # uint8 0/1 factors: broadcast uint8 products vectorise far better on CPU than bool ANDs or matmuls.
     temporal = torch.zeros(P, G, nt, nt, dtype=torch.uint8)
@@ -210,27 +209,36 @@ def tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
         for gi, g in enumerate(p.groups):
             temporal[pi, gi] = (dist >= g.dt_lo) & (dist <= g.dt_hi)
             spatial[pi, gi] = _spatial(nh, nw, g.windows)
-    m = torch.empty(P, n, n, dtype=torch.bool)
-    regions = _regions(layout)
-    for ta, ha, wa, pos_a, start_a, perm_a in regions:
+    for ta, ha, wa, pos_a, start_a, perm_a in _regions(layout):
         sa = (ha[:, None] * nw + wa[None, :]).flatten()
         t_rows, s_rows = temporal[:, :, ta], spatial[:, :, sa]
-        for tb, hb, wb, pos_b, start_b, perm_b in regions:
+        for tb, hb, wb, pos_b, start_b, perm_b in _regions(layout):
             sb = (hb[:, None] * nw + wb[None, :]).flatten()
             tg, sg = t_rows[:, :, :, tb], s_rows[:, :, :, sb]  # [P, G, |ta|, |tb|], [P, G, |sa|, |sb|]
-            # OR over groups of (temporal x spatial), laid out [P, qt, qs, kt, ks] = sequence order here
+            # OR over groups of (temporal x spatial), laid out [P, qt, qs, kt, ks] = raster inside the regions
             blk = tg[:, 0, :, None, :, None] * sg[:, 0, None, :, None, :]
             for g in range(1, G):
                 blk |= tg[:, g, :, None, :, None] * sg[:, g, None, :, None, :]
             blk = blk.view(torch.bool).reshape(P, pos_a.numel(), pos_b.numel())
-            if start_a is None or start_b is None:  # not expected for the built-in tile order
-                m[:, pos_a[:, None], pos_b[None, :]] = blk
-                continue
             if perm_a is not None:
                 blk = blk.index_select(1, perm_a)
             if perm_b is not None:
                 blk = blk.index_select(2, perm_b)
-            m[:, start_a : start_a + pos_a.numel(), start_b : start_b + pos_b.numel()] = blk
+            yield start_a, start_b, blk
+
+
+def tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
+    """Allowed (query tile, key tile) pairs of several patterns, ``[P, num_tiles, num_tiles]`` bool, sequence order.
+
+    A pattern's mask is an OR over its frame groups of (temporal group mask) x (spatial window union): a
+    Kronecker structure on every product sub-grid of tiles. The grid splits into such sub-grids (the full
+    tiles, the partial faces, edges and corner), each contiguous in the tile order, so each pair of them is
+    filled with broadcast products, no per-tile work.
+    """
+    n = layout.num_tiles
+    m = torch.empty(len(patterns), n, n, dtype=torch.bool)
+    for r, c, blk in _tile_mask_pieces(patterns, layout):
+        m[:, r : r + blk.shape[1], c : c + blk.shape[2]] = blk
     return m
 
 
@@ -296,17 +304,77 @@ def pattern_block_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
 def layer_block_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
     """``[H, num_blocks, num_blocks]`` bool block masks of one layer; identical patterns are built once."""
     unique = list(dict.fromkeys(patterns))
-    where = {p: i for i, p in enumerate(unique)}
-    masks = block_masks_from_tile_masks(tile_masks(unique, layout), layout)
+    if layout.tile_tokens == layout.block_size:
+        masks = _one_block_tile_masks(unique, layout)
+    else:
+        masks = block_masks_from_tile_masks(tile_masks(unique, layout), layout)
     if len(unique) == len(patterns):
         return masks
+    where = {p: i for i, p in enumerate(unique)}
     return masks[torch.tensor([where[p] for p in patterns])]
+
+
+def _one_block_tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
+    """`block_masks_from_tile_masks(tile_masks(...))` for one-block tiles, without the full tile mask.
+
+    Full tile ``i`` is block ``i``, so the full x full piece is written straight into the block mask; only the
+    rows and columns of partial tiles go through the OR over each tail block's tile range.
+    """
+    P, nb, nvb, F = len(patterns), layout.num_blocks, layout.num_video_blocks, layout.num_full_tiles
+    n = layout.num_tiles
+    out = torch.empty(P, nb, nb, dtype=torch.bool)
+    bottom = torch.empty(P, n - F, n, dtype=torch.bool)  # rows of partial tiles, all columns
+    right = torch.empty(P, F, n - F, dtype=torch.bool)  # rows of full tiles, columns of partial tiles
+    for r, c, blk in _tile_mask_pieces(patterns, layout):
+        rows, cols = blk.shape[1], blk.shape[2]
+        if r < F and c < F:
+            out[:, r : r + rows, c : c + cols] = blk
+        elif r >= F:
+            bottom[:, r - F : r - F + rows, c : c + cols] = blk
+        else:
+            right[:, r : r + rows, c - F : c - F + cols] = blk
+    if nvb > F:
+        first, last = layout.block_first_tile[F:] - F, layout.block_last_tile[F:] - F
+        tail_rows = _range_any(bottom, first, last, 1)  # [P, nvb - F, n]
+        out[:, F:nvb, :F] = tail_rows[:, :, :F]
+        out[:, F:nvb, F:nvb] = _range_any(tail_rows[:, :, F:], first, last, 2)
+        out[:, :F, F:nvb] = _range_any(right, first, last, 2)
+    if nb > nvb or layout.geometry.text_tokens:
+        t0 = layout.text_block_start
+        out[:, t0:, :] = True
+        out[:, :, t0:] = True
+    return out
+
+
+def _range_any(x: torch.Tensor, first: torch.Tensor, last: torch.Tensor, dim: int) -> torch.Tensor:
+    """OR of bool ``x`` along ``dim`` over each inclusive index range ``[first[i], last[i]]``.
+
+    A prefix count along ``dim`` makes every range two gathers and a subtraction, whatever its length.
+    """
+    c = torch.cumsum(x, dim=dim, dtype=torch.int16 if x.shape[dim] < 32768 else torch.int32)
+    upper = c.index_select(dim, last)
+    lower_idx = (first - 1).clamp_min(0)
+    lower = c.index_select(dim, lower_idx)
+    lower.masked_fill_((first == 0).view([-1 if d == dim else 1 for d in range(x.dim())]), 0)
+    return upper > lower
 
 
 def build_layer_mask(patterns: Sequence[Pattern], layout: TileLayout) -> BlockSparseMask:
     """The `BlockSparseMask` of one layer: one pattern per head."""
     dense = layer_block_masks(patterns, layout)
     return BlockSparseMask.from_dense(dense, layout.block_size, layout.block_size, layout.seq_len)
+
+
+def build_masks(layers: Sequence[Sequence[Pattern]], layout: TileLayout, workers: int | None = None
+                ) -> list[BlockSparseMask]:
+    """`build_layer_mask` for many layers, ``workers`` layers at a time (threads: torch and numpy release the
+    GIL in the heavy steps). Default: one worker per CPU core, at most 4."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(layers) <= 1:
+        return [build_layer_mask(p, layout) for p in layers]
+    _regions(layout)  # fill the layout's cache once, before the threads share it
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda p: build_layer_mask(p, layout), layers))
 
 
 def pattern_token_density(pattern: Pattern, layout: TileLayout) -> float:

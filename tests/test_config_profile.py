@@ -28,10 +28,10 @@ def test_config_round_trip(tmp_path):
 def test_config_schedule_and_masks():
     cfg = small_config()
     assert [cfg.bucket_for_step(s) for s in range(10)] == [None, None, 0, 0, 0, 0, 1, 1, 1, 1]
-    masks = list(cfg.masks())
+    masks = cfg.masks()
     assert len(masks) == 4
     layout = cfg.layout()
-    for bi, li, m in masks:
+    for (bi, li), m in masks.items():
         for h, hc in enumerate(cfg.buckets[bi].layers[li].heads):
             assert torch.equal(m.to_dense()[h], pattern_block_mask(hc.pattern, layout))
     s = summarize(cfg)

@@ -29,7 +29,6 @@ Every error names its path, e.g. ``buckets[1].layers[3].heads[7].groups[0].windo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,13 @@ import torch
 
 from compact_attn.mask import BlockSparseMask
 from compactsearch._io import atomic_write_text, dump_yaml, read_yaml
+from compactsearch._schema import fail as _fail
+from compactsearch._schema import integer as _int
+from compactsearch._schema import lst as _list
+from compactsearch._schema import mapping as _mapping
+from compactsearch._schema import number as _number
+from compactsearch._schema import string as _str
+from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, build_masks
@@ -165,55 +171,8 @@ class Config:
 _TOP_KEYS = {"format", "model", "geometry", "tiling", "schedule", "buckets", "search", "provenance", "summary"}
 
 
-def _fail(path: str, msg: str) -> InputError:
-    return InputError(f"{path}: {msg}")
-
-
-def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
-    if not isinstance(x, dict):
-        raise _fail(path, f"expected a mapping, got {_tname(x)}")
-    unknown = [k for k in x if k not in required and k not in optional]
-    if unknown:
-        allowed = ", ".join(sorted(required | set(optional)))
-        raise _fail(f"{path}.{unknown[0]}" if path else str(unknown[0]), f"unknown key (allowed: {allowed})")
-    missing = sorted(required - set(x))
-    if missing:
-        raise _fail(path or "config", f"missing required key '{missing[0]}'")
-    return x
-
-
-def _tname(x) -> str:
-    return "null" if x is None else type(x).__name__
-
-
-def _int(x, path: str, lo: int | None = None) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise _fail(path, f"expected an integer, got {_tname(x)} {x!r}")
-    if lo is not None and x < lo:
-        raise _fail(path, f"must be >= {lo}, got {x}")
-    return x
-
-
 def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
-    if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
-        raise _fail(path, f"expected a number, got {_tname(x)} {x!r}")
-    if not lo <= x <= hi:
-        raise _fail(path, f"must lie in [{lo}, {hi}], got {x}")
-    return float(x)
-
-
-def _str(x, path: str) -> str:
-    if not isinstance(x, str) or not x:
-        raise _fail(path, f"expected a non-empty string, got {_tname(x)} {x!r}")
-    return x
-
-
-def _list(x, path: str, n: int | None = None) -> list:
-    if not isinstance(x, list):
-        raise _fail(path, f"expected a list, got {_tname(x)}")
-    if n is not None and len(x) != n:
-        raise _fail(path, f"expected {n} entries, got {len(x)}")
-    return x
+    return _number(x, path, lo, hi)
 
 
 def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:

@@ -39,76 +39,26 @@ from pathlib import Path
 from typing import Any
 
 from compactsearch._io import read_yaml
+from compactsearch._schema import boolean as _bool
+from compactsearch._schema import choice as _choice
+from compactsearch._schema import fail as _fail
+from compactsearch._schema import integer as _int
+from compactsearch._schema import lst as _list
+from compactsearch._schema import mapping as _schema_mapping
+from compactsearch._schema import number as _number
+from compactsearch._schema import string as _str
+from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.tiling import BLOCK_SIZES
 
 __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts"]
 
-_DTYPES = ("bfloat16", "float16", "float32")
-_OFFLOAD = ("none", "model", "sequential")
-
-
-def _fail(path: str, msg: str) -> InputError:
-    return InputError(f"{path}: {msg}")
-
-
-def _tname(x) -> str:
-    return "null" if x is None else type(x).__name__
-
 
 def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
-    if not isinstance(x, dict):
-        raise _fail(path or "recipe", f"expected a mapping, got {_tname(x)}")
-    unknown = [k for k in x if k not in required and k not in optional]
-    if unknown:
-        allowed = ", ".join(sorted(required | set(optional)))
-        raise _fail(f"{path}.{unknown[0]}" if path else str(unknown[0]), f"unknown key (allowed: {allowed})")
-    missing = sorted(required - set(x))
-    if missing:
-        raise _fail(path or "recipe", f"missing required key '{missing[0]}'")
-    return x
+    return _schema_mapping(x, path, required, optional, top="recipe")
 
-
-def _int(x, path: str, lo: int | None = None) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise _fail(path, f"expected an integer, got {_tname(x)} {x!r}")
-    if lo is not None and x < lo:
-        raise _fail(path, f"must be >= {lo}, got {x}")
-    return x
-
-
-def _number(x, path: str, lo: float = 0.0) -> float:
-    if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
-        raise _fail(path, f"expected a number, got {_tname(x)} {x!r}")
-    if x < lo:
-        raise _fail(path, f"must be >= {lo}, got {x}")
-    return float(x)
-
-
-def _str(x, path: str) -> str:
-    if not isinstance(x, str) or not x.strip():
-        raise _fail(path, f"expected a non-empty string, got {_tname(x)} {x!r}")
-    return x
-
-
-def _bool(x, path: str) -> bool:
-    if not isinstance(x, bool):
-        raise _fail(path, f"expected true or false, got {_tname(x)} {x!r}")
-    return x
-
-
-def _choice(x, path: str, choices: tuple[str, ...]) -> str:
-    if x not in choices:
-        raise _fail(path, f"must be one of {', '.join(choices)}, got {x!r}")
-    return x
-
-
-def _list(x, path: str, n: int | None = None) -> list:
-    if not isinstance(x, list):
-        raise _fail(path, f"expected a list, got {_tname(x)}")
-    if n is not None and len(x) != n:
-        raise _fail(path, f"expected {n} entries, got {len(x)}")
-    return x
+_DTYPES = ("bfloat16", "float16", "float32")
+_OFFLOAD = ("none", "model", "sequential")
 
 
 def read_prompts(path: Path, what: str = "prompt file") -> list[str]:

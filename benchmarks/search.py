@@ -1,0 +1,127 @@
+"""CPU benchmark of `compactsearch search` at Wan2.1-14B 720p size: 40 layers x 40 heads x 3 buckets.
+
+Builds (once; reused from ``--work`` afterwards) a synthetic profile of the Wan-14B 720p geometry (21x45x80
+latent tokens, tile 4x8x8, 591 x 591 blocks of 128 per head): every head is a planted pattern (local, cross,
+global, time-decaying or far-frame, with sizes varied per head; `tests/planted.py`) plus noise. Then runs
+``compactsearch search PROFILE --budget 0.3`` with default settings (workers = CPU cores) in a fresh process and
+prints its wall time; the acceptance target is <= 10 minutes on a 2-core machine::
+
+    python benchmarks/search.py                       # profile in /tmp/compactsearch-bench (~3.3 GB)
+    python benchmarks/search.py --work DIR --budget 0.3
+
+The profile is written float16 (as `Profile.save` always does) and takes a minute or two to build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
+
+from planted import planted_mass  # noqa: E402
+
+from compactsearch.geometry import VideoGeometry  # noqa: E402
+from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
+from compactsearch.profile.store import Profile  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
+
+GEOMETRY = VideoGeometry(21, 45, 80)
+TILE = (4, 8, 8)
+LAYERS, HEADS = 40, 40
+BUCKETS = [(15, 25), (25, 35), (35, 50)]
+
+
+def head_pattern(grid: tuple[int, int, int], rng: random.Random) -> Pattern:
+    """A random planted pattern of one of five kinds, sized per head."""
+    nt, nh, nw = grid
+    kind = rng.choice(["local", "local", "cross", "global", "decay", "far"])
+    if kind == "local":
+        return Pattern.local(rng.randint(0, 2), rng.randint(1, 4), rng.randint(1, 6))
+    if kind == "cross":
+        return Pattern((FrameGroup(0, rng.randint(1, nt - 1), (Window(rng.randint(1, 2), nw),
+                                                                Window(nh, rng.randint(1, 3)))),))
+    if kind == "global":
+        return Pattern.local(nt - 1, nh, rng.randint(nw - 3, nw))
+    if kind == "decay":
+        return Pattern((FrameGroup(0, 0, (Window(rng.randint(3, nh), rng.randint(4, nw)),)),
+                        FrameGroup(1, 1, (Window(rng.randint(2, 3), rng.randint(2, 5)),)),
+                        FrameGroup(2, nt - 1, (Window(1, rng.randint(1, 3)),))))
+    return Pattern((FrameGroup(0, 0, (Window(rng.randint(2, 4), rng.randint(2, 6)),)),
+                    FrameGroup(2, nt - 1, (Window(1, nw),))))
+
+
+class SyntheticProfile(Profile):
+    """A profile whose mass is generated per (bucket, layer) on demand, so `save` streams it to disk."""
+
+    def mass(self, bucket: int, layer: int) -> torch.Tensor:
+        if self.root is not None:
+            return super().mass(bucket, layer)
+        layout = TileLayout(GEOMETRY, TILE, 128)
+        rng = random.Random(1000 * bucket + layer)
+        gen = torch.Generator().manual_seed(1000 * bucket + layer)
+        return torch.stack([planted_mass(layout, head_pattern(layout.grid_thw, rng), 0.95, 0.0, gen)
+                            for _ in range(HEADS)])
+
+
+def build(path: Path) -> None:
+    torch.set_num_threads(1)
+    prof = SyntheticProfile(geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS, tile=TILE, block_size=128,
+                            buckets=BUCKETS, num_steps=50, model={"id": "synthetic-wan2.1-14b-720p", "adapter": "wan",
+                                                                  "heads": HEADS, "head_dim": 128},
+                            recipe={"profile": {"dense_warmup": 15}}, stats=pd.DataFrame({"bucket": []}))
+    t = time.perf_counter()
+    prof.save(path)
+    print(f"built {path} in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/compactsearch-bench"))
+    ap.add_argument("--budget", type=float, default=0.3)
+    ap.add_argument("--workers", type=int, default=None, help="default: CPU cores")
+    args = ap.parse_args()
+    prof_dir = args.work / "wan14b-720p-profile"
+    if not (prof_dir / "profile.yaml").exists():
+        build(prof_dir)
+    out = args.work / "config.yaml"
+    cmd = [sys.executable, "-m", "compactsearch", "search", str(prof_dir), "--budget", str(args.budget),
+           "--out", str(out), "--json"]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")])}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if res.returncode:
+        print(res.stderr[-3000:])
+        raise SystemExit(res.returncode)
+    import json
+
+    summary = json.loads(res.stdout)["summary"]
+    print(f"cores {os.cpu_count()}, {LAYERS} layers x {HEADS} heads x {len(BUCKETS)} buckets, "
+          f"{TileLayout(GEOMETRY, TILE, 128).num_blocks} blocks per side")
+    print(f"search wall time {wall:.1f} s ({wall / 60:.2f} min) for {LAYERS * HEADS * len(BUCKETS)} heads; "
+          f"CPU time {cpu:.0f} s (all processes; {cpu / (LAYERS * HEADS * len(BUCKETS)) * 1e3:.0f} ms per head)")
+    b = summary["baselines"]
+    print(f"density {summary['density']} (budget {args.budget}), recall mean {summary['recall_mean']}, "
+          f"min {summary['recall_min']}, heads below floor {summary['heads_below_floor']}")
+    print(f"at recall {b['tau']}: search {b['density_search']}, greedy {b['density_greedy']}, "
+          f"best cube {b['density_best_cube']} (saved vs cube {b['density_saved_vs_best_cube']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The `compactsearch` command line. One thin module per command; `main` maps errors to exit codes.
+
+Exit codes: 0 success, 1 a check failed, 2 bad input or usage. Results go to stdout (``--json``), progress
+and summaries to stderr. ``--debug`` shows the traceback instead of the one-line error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from compactsearch.cli import inspect_cmd, profile_cmd, report_cmd, search_cmd, validate_cmd
+from compactsearch.cli._common import state
+from compactsearch.errors import CompactSearchError
+
+try:  # typer >= 0.20 vendors its own click; catch its exceptions as well as click's
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _VendoredClickException = click.ClickException
+
+_CLICK_ERRORS = (click.ClickException, _VendoredClickException)
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="compactsearch",
+    help="Offline search of block-sparse attention configs for video diffusion transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
+) -> None:
+    state.debug = debug
+
+
+# Commands, in the order a user meets them. Each module defines one function named after the command.
+app.command("profile")(profile_cmd.profile)
+app.command("search")(search_cmd.search)
+app.command("validate")(validate_cmd.validate)
+app.command("inspect")(inspect_cmd.inspect)
+app.command("report")(report_cmd.report)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn typed errors into one line and an exit code."""
+    state.debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="compactsearch")
+        code = rv if isinstance(rv, int) else 0  # standalone_mode=False returns an Exit's code
+    except _EXITS as e:
+        code = e.exit_code
+    except _ABORTS:
+        print("aborted", file=sys.stderr)
+        code = 130
+    except _CLICK_ERRORS as e:
+        e.show(file=sys.stderr)
+        code = 2
+    except CompactSearchError as e:
+        if state.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,58 @@
+"""Search: recall/cost evaluation, baselines, the per-head Optuna search and the whole-model budget.
+
+Public names (modules are private):
+    run_search, SearchSettings, SearchOutcome      the whole search, as `compactsearch search` runs it
+    search_head, HeadSettings, HeadResult, FrontPoint
+                                                   one head: baselines + sweep + Optuna, exact Pareto front
+    LayoutTables, HeadTables, ExactScorer, CostModel
+                                                   fast and exact recall / cost of patterns
+    SearchSpace                                    the per-head search space (Optuna parameters <-> patterns)
+    greedy_contraction, best_cube, cube_front      baselines
+    lagrangian_sweep                               the deterministic sweep that seeds Optuna
+    allocate, Allocation                           the whole-model budget allocation
+    split_prompts                                  held-out prompts
+"""
+
+from __future__ import annotations
+
+from compactsearch.search.baselines import best_cube, cube_front, default_partition, greedy_contraction, min_pattern
+from compactsearch.search.budget import Allocation, WarmupDecision, allocate, warmup_by_budget, warmup_from_recipe
+from compactsearch.search.evaluate import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.holdout import HoldoutSplit, split_prompts
+from compactsearch.search.run import SearchOutcome, SearchSettings, default_storage, head_name, run_search
+from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, search_head
+from compactsearch.search.sweep import lagrangian_sweep
+
+__all__ = [
+    "run_search",
+    "SearchSettings",
+    "SearchOutcome",
+    "default_storage",
+    "head_name",
+    "search_head",
+    "HeadSettings",
+    "HeadResult",
+    "FrontPoint",
+    "LayoutTables",
+    "HeadTables",
+    "ExactScorer",
+    "ExactScore",
+    "CostModel",
+    "SearchSpace",
+    "canonical",
+    "pattern_from_yaml",
+    "greedy_contraction",
+    "default_partition",
+    "best_cube",
+    "cube_front",
+    "min_pattern",
+    "lagrangian_sweep",
+    "allocate",
+    "Allocation",
+    "WarmupDecision",
+    "warmup_by_budget",
+    "warmup_from_recipe",
+    "split_prompts",
+    "HoldoutSplit",
+]

@@ -1,0 +1,358 @@
+"""Recall and cost of patterns on one head's block mass: a fast tile-level evaluator and the exact one.
+
+**Exact** (`ExactScorer`): the block mask the kernel runs (`compactsearch.patterns.pattern_block_mask`, rebuilt
+here with the same rule but cached and a cheaper tile -> block OR) applied to the head's block mass
+``[NQB, NKB]``:
+
+- ``recall`` = mass kept / total mass, over every query block (text rows and columns are always dense and
+  count). Since each query block's row sums to its token count this is the mean over query tokens.
+- ``recall_min`` = the worst query block's kept fraction of its row.
+- ``blocks`` = kernel blocks computed; block density = ``blocks / NB^2``, what `summarize` and
+  `compactsearch validate` count.
+
+**Fast** (`HeadTables`): the mass of video blocks is spread over the tiles each block covers (by token share)
+into a (query tile, key tile) matrix, and 2D prefix sums over the key tile's (row, col) turn a window's mass
+into four lookups. Windows are centred and shifted inward, so of two windows the smaller one on each axis lies
+inside the larger one; the intersection of windows ``(h1, w1)`` and ``(h2, w2)`` is therefore the window
+``(min h, min w)`` and a union's mass is ``A + B - A∩B``. Summing over query tiles and cumulatively over
+temporal distance leaves a table ``T[h, w, d]`` (mass within window ``(h, w)`` at distances ``<= d``), so one
+pattern costs a few scalar lookups: millions per second on one core.
+
+The fast evaluator is exact when every kernel block lies inside one tile. Where a block straddles tiles (the
+packed partial tiles), the kernel computes the whole block when *any* of its tiles is allowed, while the fast
+evaluator counts only the allowed tiles' share: fast recall and fast cost are then lower bounds of the exact
+ones (a pattern feasible by the fast evaluator is feasible exactly). Front points are always re-scored exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compactsearch._io import read_yaml
+from compactsearch.errors import InputError
+from compactsearch.patterns import Pattern, tile_mask
+from compactsearch.tiling import TileLayout
+
+__all__ = ["LayoutTables", "HeadTables", "ExactScorer", "ExactScore", "CostModel", "block_shares"]
+
+
+# ------------------------------------------------------------------------------------------- layout level
+def block_shares(layout: TileLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which raster tiles each video block covers, and with what share of the block's tokens.
+
+    Only blocks before ``layout.text_block_start`` (all-video blocks) are described; later blocks hold text and
+    are always dense.
+
+    Returns:
+        tiles: ``[S, NVQ]`` int64 raster tile id of the s-th tile block b covers (repeats the last one past it).
+        shares: ``[S, NVQ]`` float64 fraction of block b's tokens in that tile (0 past the last one).
+        ``S`` is the largest number of tiles one block covers; ``NVQ = text_block_start``.
+    """
+    nvq = layout.text_block_start
+    bs = layout.block_size
+    seq_sizes = layout.tile_sizes[layout.order]
+    ends = torch.cumsum(seq_sizes, 0)
+    starts = ends - seq_sizes
+    first, last = layout.block_first_tile[:nvq], layout.block_last_tile[:nvq]
+    b_start = torch.arange(nvq) * bs
+    b_end = torch.clamp(b_start + bs, max=layout.geometry.video_tokens)
+    span = int((last - first).max()) + 1 if nvq else 1
+    tiles = torch.empty(span, nvq, dtype=torch.int64)
+    shares = torch.zeros(span, nvq, dtype=torch.float64)
+    for s in range(span):
+        pos = torch.minimum(first + s, last)
+        valid = first + s <= last
+        overlap = torch.minimum(ends[pos], b_end) - torch.maximum(starts[pos], b_start)
+        tiles[s] = layout.order[pos]
+        shares[s] = torch.where(valid, overlap.double() / (b_end - b_start).double(), 0.0)
+    return tiles, shares
+
+
+def _window_starts(n: int, coord: torch.Tensor) -> torch.Tensor:
+    """``[n, Q]`` first row of the size-``s`` (s = 1..n) window around each query coordinate, shifted inward."""
+    sizes = torch.arange(1, n + 1)[:, None]
+    return torch.clamp(coord[None, :] - sizes // 2, min=torch.zeros_like(sizes), max=n - sizes)
+
+
+class LayoutTables:
+    """Head-independent pieces of the fast evaluator for one `TileLayout`.
+
+    Attributes:
+        grid: ``(nt, nh, nw)`` tile grid.
+        nb: kernel blocks per side; ``nvq`` video-only blocks (``text_block_start``).
+        tiles, shares: see `block_shares`.
+        cost_T: ``[nh, nw, nt]`` float64 fast block count of window ``(h, w)`` at distances ``<= d``
+            (index ``h-1, w-1, d``), summed over query tiles.
+        const_blocks: blocks computed whatever the pattern (text rows and columns).
+    """
+
+    def __init__(self, layout: TileLayout):
+        self.layout = layout
+        self.grid = layout.grid_thw
+        nt, nh, nw = self.grid
+        self.nb = layout.num_blocks
+        self.nvq = layout.text_block_start
+        self.tiles, self.shares = block_shares(layout)
+        coords = layout.tile_coords
+        self.n_tiles = layout.num_tiles
+        self._q = torch.arange(self.n_tiles)
+        self._sh = _window_starts(nh, coords[:, 1])
+        self._sw = _window_starts(nw, coords[:, 2])
+        self._sizes_h = torch.arange(1, nh + 1)[:, None]
+        self._sizes_w = torch.arange(1, nw + 1)[:, None]
+        # distance gather: key frame tq + d and tq - d for every query tile
+        tq = coords[:, 0]
+        d = torch.arange(nt)
+        self._up = (tq[:, None] + d[None, :]).clamp(max=nt - 1)
+        self._up_ok = (tq[:, None] + d[None, :]) <= nt - 1
+        self._dn = (tq[:, None] - d[None, :]).clamp(min=0)
+        self._dn_ok = ((tq[:, None] - d[None, :]) >= 0) & (d[None, :] > 0)
+        ones = torch.ones(self.nvq, self.nvq, dtype=torch.float64)
+        self.const_blocks = self.nb * self.nb - self.nvq * self.nvq
+        self.cost_C = self.cumulative(self.tile_matrix(ones))
+        self.cost_T = self.cost_C.sum(2).numpy()
+
+    # ------------------------------------------------------------------------------------------------
+    def tile_matrix(self, video: torch.Tensor) -> torch.Tensor:
+        """Spread ``[NVQ, NVQ]`` block values over (query tile, key tile) by token share: ``[n_tiles, n_tiles]``."""
+        x = torch.zeros(self.n_tiles, video.shape[1], dtype=torch.float64)
+        for s in range(self.tiles.shape[0]):
+            x.index_add_(0, self.tiles[s], video * self.shares[s][:, None])
+        out = torch.zeros(self.n_tiles, self.n_tiles, dtype=torch.float64)
+        for s in range(self.tiles.shape[0]):
+            out.index_add_(1, self.tiles[s], x * self.shares[s][None, :])
+        return out
+
+    def tile_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Spread per-video-block values ``[NVQ]`` over query tiles: ``[n_tiles]``."""
+        out = torch.zeros(self.n_tiles, dtype=torch.float64)
+        for s in range(self.tiles.shape[0]):
+            out.index_add_(0, self.tiles[s], rows * self.shares[s])
+        return out
+
+    def cumulative(self, mt: torch.Tensor) -> torch.Tensor:
+        """``[nh, nw, n_tiles, nt]``: per query tile, mass in window ``(h, w)`` at temporal distance ``<= d``.
+
+        Args:
+            mt: ``[n_tiles, n_tiles]`` (query tile, key tile) values, raster tile ids on both sides.
+        """
+        nt, nh, nw = self.grid
+        nq = self.n_tiles
+        p = torch.zeros(nq, nh + 1, nw + 1, nt, dtype=torch.float64)
+        p[:, 1:, 1:, :] = mt.view(nq, nt, nh, nw).permute(0, 2, 3, 1).cumsum(1).cumsum(2)
+        q = self._q[None, None, :]
+        r0, c0 = self._sh[:, None, :], self._sw[None, :, :]
+        r1, c1 = r0 + self._sizes_h[:, None, :], c0 + self._sizes_w[None, :, :]
+        win = p[q, r1, c1] - p[q, r0, c1] - p[q, r1, c0] + p[q, r0, c0]  # [nh, nw, nq, nt] by key frame
+        by_d = torch.gather(win, 3, self._up.expand(nh, nw, nq, nt)) * self._up_ok
+        by_d = by_d + torch.gather(win, 3, self._dn.expand(nh, nw, nq, nt)) * self._dn_ok
+        return by_d.cumsum(3)
+
+    def pattern_blocks(self, pattern: Pattern) -> float:
+        """Fast block count of a pattern (exact when no block straddles tiles)."""
+        if pattern.is_dense:
+            return float(self.nb * self.nb)
+        return self.const_blocks + _pattern_sum(self.cost_T, pattern)
+
+
+def _range(T: np.ndarray, h: int, w: int, lo: int, hi: int) -> float:
+    v = T[h - 1, w - 1, hi]
+    return float(v - T[h - 1, w - 1, lo - 1]) if lo > 0 else float(v)
+
+
+def _pattern_sum(T: np.ndarray, pattern: Pattern) -> float:
+    """Sum of a table over a pattern's (group, window union) cells, by inclusion-exclusion."""
+    total = 0.0
+    for g in pattern.groups:
+        ws = g.windows
+        total += _range(T, ws[0].h, ws[0].w, g.dt_lo, g.dt_hi)
+        if len(ws) == 2:
+            a, b = ws
+            total += _range(T, b.h, b.w, g.dt_lo, g.dt_hi)
+            total -= _range(T, min(a.h, b.h), min(a.w, b.w), g.dt_lo, g.dt_hi)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ head level
+class HeadTables:
+    """Fast evaluator of one head: recall and block count of any pattern in O(groups) lookups.
+
+    Args:
+        lt: the layout's `LayoutTables`.
+        mass: ``[NQB, NKB]`` block mass of the head (tile order, rows summing to token counts).
+    """
+
+    def __init__(self, lt: LayoutTables, mass: torch.Tensor):
+        self.lt = lt
+        m = mass.to(torch.float64)
+        nvq = lt.nvq
+        self.total = float(m.sum())
+        if not self.total > 0:
+            raise InputError("a head's block mass sums to zero; the profile is empty or corrupt")
+        video = m[:nvq, :nvq]
+        self.const_kept = self.total - float(video.sum())
+        self.C = lt.cumulative(lt.tile_matrix(video))  # [nh, nw, nq, nt]
+        self.T = self.C.sum(2).numpy()  # [nh, nw, nt]
+        self.row_total = lt.tile_rows(m[:nvq].sum(1))  # [nq] per query tile, text columns included
+        self.row_const = lt.tile_rows(m[:nvq, nvq:].sum(1))
+
+    def recall(self, pattern: Pattern) -> float:
+        """Fast recall (a lower bound of the exact one)."""
+        if pattern.is_dense:
+            return 1.0
+        return (self.const_kept + _pattern_sum(self.T, pattern)) / self.total
+
+    def blocks(self, pattern: Pattern) -> float:
+        return self.lt.pattern_blocks(pattern)
+
+    def density(self, pattern: Pattern) -> float:
+        return self.blocks(pattern) / (self.lt.nb * self.lt.nb)
+
+    def tile_recall(self, pattern: Pattern) -> torch.Tensor:
+        """Fast per-query-tile recall ``[n_tiles]`` (video query tiles; 1 for an empty tile)."""
+        if pattern.is_dense:
+            return torch.ones(self.lt.n_tiles, dtype=torch.float64)
+        kept = self.row_const.clone()
+        for g in pattern.groups:
+            ws = list(g.windows)
+            terms = [(ws[0], 1.0)]
+            if len(ws) == 2:
+                terms += [(ws[1], 1.0), (type(ws[0])(min(ws[0].h, ws[1].h), min(ws[0].w, ws[1].w)), -1.0)]
+            for w, sign in terms:
+                c = self.C[w.h - 1, w.w - 1]
+                part = c[:, g.dt_hi] - (c[:, g.dt_lo - 1] if g.dt_lo > 0 else 0.0)
+                kept += sign * part
+        return torch.where(self.row_total > 0, kept / self.row_total.clamp_min(1e-300), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- exact
+@dataclass(frozen=True)
+class ExactScore:
+    """Exact numbers of one pattern on one head: recall, worst query block's recall, kernel blocks."""
+
+    recall: float
+    recall_min: float
+    blocks: int
+
+
+class ExactScorer:
+    """Exact recall and cost against the kernel's block mask, with a per-layout LRU cache of masks.
+
+    The mask equals `compactsearch.patterns.pattern_block_mask` (tested); it is built from the core
+    `tile_mask` and an OR over the (at most a few) tiles each block covers.
+    """
+
+    def __init__(self, layout: TileLayout, cache_size: int = 256):
+        self.layout = layout
+        self.nb = layout.num_blocks
+        nvq = layout.num_video_blocks
+        first, last = layout.block_first_tile, layout.block_last_tile
+        span = int((last - first).max()) + 1 if nvq else 1
+        self._pos = [torch.minimum(first + s, last) for s in range(span)]
+        self._cache: OrderedDict[Pattern, torch.Tensor] = OrderedDict()
+        self._blocks: dict[Pattern, int] = {}
+        self.cache_size = cache_size
+
+    def block_mask(self, pattern: Pattern) -> torch.Tensor:
+        """``[NB, NB]`` bool, identical to ``pattern_block_mask(pattern, layout)``."""
+        m = self._cache.get(pattern)
+        if m is not None:
+            self._cache.move_to_end(pattern)
+            return m
+        m = self._build(pattern)
+        self._cache[pattern] = m
+        self._blocks[pattern] = int(m.sum())
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return m
+
+    def _build(self, pattern: Pattern) -> torch.Tensor:
+        layout, nb = self.layout, self.nb
+        if pattern.is_dense:
+            return torch.ones(nb, nb, dtype=torch.bool)
+        tm = tile_mask(pattern, layout)
+        rows = tm[self._pos[0]]
+        for p in self._pos[1:]:
+            rows = rows | tm[p]
+        video = rows[:, self._pos[0]]
+        for p in self._pos[1:]:
+            video = video | rows[:, p]
+        nvb = layout.num_video_blocks
+        if nb == nvb and layout.geometry.text_tokens == 0:
+            return video
+        out = torch.ones(nb, nb, dtype=torch.bool)
+        out[:nvb, :nvb] = video
+        t0 = layout.text_block_start
+        out[t0:, :] = True
+        out[:, t0:] = True
+        return out
+
+    def blocks(self, pattern: Pattern) -> int:
+        """Kernel blocks computed (head-independent; cached)."""
+        n = self._blocks.get(pattern)
+        if n is None:
+            n = int(self.block_mask(pattern).sum())
+        return n
+
+    def score(self, pattern: Pattern, mass: torch.Tensor, row_total: torch.Tensor | None = None) -> ExactScore:
+        """Exact recall of ``pattern`` on ``mass`` ``[NQB, NKB]`` (float32 or float64).
+
+        Args:
+            row_total: ``mass.sum(-1)`` when already computed (``[NQB]``).
+        """
+        mask = self.block_mask(pattern)
+        if row_total is None:
+            row_total = mass.sum(-1, dtype=torch.float64)
+        kept_rows = torch.where(mask, mass, 0).sum(-1, dtype=torch.float64)
+        total = float(row_total.sum())
+        rows = torch.where(row_total > 0, kept_rows / row_total.clamp_min(1e-300), 1.0)
+        return ExactScore(float(kept_rows.sum()) / total, float(rows.min()), self.blocks(pattern))
+
+
+# ----------------------------------------------------------------------------------------------- cost model
+@dataclass(frozen=True)
+class CostModel:
+    """Kernel time = ``per_block * computed blocks + per_query_block * query blocks`` (any time unit).
+
+    Read from a YAML or JSON file with the keys ``per_block`` and ``per_query_block`` at the top or under
+    ``cost_model`` (what the kernel benchmark writes). The per-query-block term is the same for every pattern,
+    so the model changes the budget (relative to dense time), not the per-head ranking.
+    """
+
+    per_block: float = 1.0
+    per_query_block: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path) -> CostModel:
+        path = Path(path)
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text())
+            except FileNotFoundError as e:
+                raise InputError(f"cost model {path} does not exist") from e
+            except (OSError, ValueError) as e:
+                raise InputError(f"cost model {path} is not valid JSON: {e}") from e
+        else:
+            data = read_yaml(path, "cost model")
+        if isinstance(data, dict) and isinstance(data.get("cost_model"), dict):
+            data = data["cost_model"]
+        try:
+            pb, pq = float(data["per_block"]), float(data.get("per_query_block", 0.0))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"cost model {path}: needs a number 'per_block' (and optionally 'per_query_block')") from e
+        if not (pb > 0 and pq >= 0 and math.isfinite(pb) and math.isfinite(pq)):
+            raise InputError(f"cost model {path}: per_block must be > 0 and per_query_block >= 0, got {pb}, {pq}")
+        return cls(pb, pq)
+
+    def cost(self, blocks: float, query_blocks: int) -> float:
+        return self.per_block * blocks + self.per_query_block * query_blocks
+
+    def to_dict(self) -> dict:
+        return {"per_block": self.per_block, "per_query_block": self.per_query_block}

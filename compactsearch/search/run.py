@@ -1,0 +1,639 @@
+"""Orchestration of `compactsearch search`: units of work, Optuna storage, resume, workers, the config.
+
+Work is split into units, one per (bucket, layer): a worker loads that layer's mass once and searches its heads
+(`compactsearch.search.study.search_head`). Each head's result is stored in an Optuna study named
+``{run key}:b{B}:l{L}:h{H}`` (directions ``maximize recall, minimize density``) as the user attribute
+``result`` (its exact front and baselines, JSON); a head counts as done exactly when that attribute exists, so
+a run killed at any point resumes by redoing only the heads without one. Each head's search is a pure function
+of (profile tensors, settings, a sampler seed derived from (seed, bucket, layer, head)), hence a resumed run
+gives the same config as an uninterrupted one.
+
+The run key hashes what a head's result depends on (profile content hash, per-head settings, seed, held-out
+prompts, tool version), not the budget: a finished search can be re-allocated at another budget from storage.
+
+Storage: SQLite next to the output by default (``<out>.optuna.db``; write-ahead logging); without ``--resume`` a
+previous default database is replaced. With ``--storage URL`` several processes or machines share one
+relational database: each claims a unit (a study ``{key}:claim:b{B}:l{L}``, created atomically) before working
+on it; a claim whose owner is a dead process on this host, or older than `STALE_CLAIM_S`, is taken over.
+Trials are kept in memory unless ``keep_trials`` (writing a trial costs ~15 ms in SQLite, more than searching
+a head).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import optuna
+import torch
+
+from compactsearch import __version__
+from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
+from compactsearch.errors import InputError
+from compactsearch.profile.store import Profile
+from compactsearch.search.baselines import min_pattern
+from compactsearch.search.budget import (
+    WarmupDecision,
+    allocate,
+    covers_warmup,
+    warmup_by_budget,
+    warmup_from_recipe,
+)
+from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.holdout import HoldoutSplit, holdout_report, split_prompts, unit_masses
+from compactsearch.search.space import SearchSpace
+from compactsearch.search.study import SAMPLERS, HeadResult, HeadSettings, search_head
+
+__all__ = [
+    "SearchSettings", "SearchOutcome", "run_search", "default_storage", "head_name", "summary_from_blocks",
+    "STALE_CLAIM_S",
+]
+
+STALE_CLAIM_S = 900.0
+OWNERLESS_CLAIM_S = 60.0
+DEFAULT_HEAD_DIM = 128
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a search run depends on. ``budget`` and ``recall`` are fractions in (0, 1]."""
+
+    budget: float
+    recall: float = 0.9
+    trials: int = 32
+    max_groups: int = 3
+    sampler: str = "nsga2"
+    population: int = 16
+    max_front: int = 24
+    seed: int = 0
+    holdout: int = 0
+    greedy_lambda: float = math.inf
+
+    def check(self) -> None:
+        """Raise `InputError` naming the first bad setting."""
+        for name in ("budget", "recall"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v) or not 0 < v <= 1:
+                raise InputError(f"--{name} must lie in (0, 1], got {v}")
+        if self.trials < 1:
+            raise InputError(f"--trials must be >= 1, got {self.trials}")
+        if self.max_groups < 1:
+            raise InputError(f"--groups must be >= 1, got {self.max_groups}")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.holdout < 0:
+            raise InputError(f"--holdout must be >= 0, got {self.holdout}")
+        if self.population < 2 or self.max_front < 4:
+            raise InputError("population must be >= 2 and max_front >= 4")
+
+    def head_settings(self) -> HeadSettings:
+        return HeadSettings(self.recall, self.trials, self.max_groups, self.sampler, self.population,
+                            self.max_front, self.greedy_lambda)
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "recall": self.recall, "trials": self.trials, "groups": self.max_groups,
+                "sampler": self.sampler, "population": self.population, "max_front": self.max_front,
+                "seed": self.seed, "holdout": self.holdout,
+                "greedy_lambda": None if math.isinf(self.greedy_lambda) else self.greedy_lambda}
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a run produced: the config (already saved to ``path``) and the reports."""
+
+    config: Config
+    path: Path
+    summary: dict
+    below_floor: list[str]
+    heads_searched: int
+    heads_reused: int
+    seconds: float
+    storage: str
+    results: dict = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {"config": str(self.path), "summary": self.summary, "below_floor": self.below_floor,
+                "heads_searched": self.heads_searched, "heads_reused": self.heads_reused,
+                "seconds": round(self.seconds, 2), "storage": self.storage}
+
+
+def head_name(bucket: int, layer: int, head: int) -> str:
+    """How reports name a head: ``b{bucket}.l{layer}.h{head}`` (bucket index in the profile)."""
+    return f"b{bucket}.l{layer}.h{head}"
+
+
+def default_storage(out: Path) -> Path:
+    """The default SQLite file: ``<out>.optuna.db`` beside the config."""
+    out = Path(out)
+    return out.with_name(out.name + ".optuna.db")
+
+
+def _head_seed(seed: int, bucket: int, layer: int, head: int) -> int:
+    h = hashlib.sha256(f"{seed}:{bucket}:{layer}:{head}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def _run_key(profile: Profile, settings: SearchSettings, split: HoldoutSplit | None) -> str:
+    d = settings.head_settings().to_dict()
+    d.update(seed=settings.seed, holdout=list(split.holdout) if split else [], tool=__version__,
+             profile=_profile_hash(profile))
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _profile_hash(profile: Profile) -> str:
+    if profile.hashes:
+        return profile.content_hash
+    h = hashlib.sha256()  # an unsaved profile: hash the tensors themselves
+    for b, l in profile.keys():
+        h.update(profile.mass(b, l).to(torch.float16).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- storage
+def _is_race(e: Exception) -> bool:
+    msg = str(e).lower()
+    return any(k in msg for k in ("unique constraint", "already exists", "locked", "duplicate"))
+
+
+class _Store:
+    """The Optuna storage of one run: per-head result studies and per-unit claims."""
+
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+        kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+        for attempt in range(5):  # processes creating a fresh schema at once race on it: retry
+            try:
+                self.storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                break
+            except Exception as e:  # sqlalchemy raises many types for bad URLs and unreachable servers
+                if attempt == 4 or not _is_race(e):
+                    raise InputError(f"cannot open Optuna storage {url!r}: {str(e).splitlines()[0]}") from e
+                time.sleep(0.2 * (attempt + 1))
+        if url.startswith("sqlite"):
+            import sqlalchemy
+
+            def _pragmas(conn, _record) -> None:
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            sqlalchemy.event.listen(self.storage.engine, "connect", _pragmas)
+            self.storage.engine.dispose()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._ownerless: dict[str, float] = {}
+
+    def _name(self, b: int, l: int, h: int) -> str:
+        return f"{self.key}:b{b}:l{l}:h{h}"
+
+    def done(self) -> dict[tuple[int, int, int], HeadResult]:
+        out = {}
+        prefix = f"{self.key}:b"
+        for s in self.storage.get_all_studies():
+            if s.study_name.startswith(prefix) and "result" in s.user_attrs:
+                r = HeadResult.from_dict(s.user_attrs["result"])
+                out[(r.bucket, r.layer, r.head)] = r
+        return out
+
+    def write(self, r: HeadResult) -> None:
+        name = self._name(r.bucket, r.layer, r.head)
+        try:  # a study left by a killed run (no result yet): start it over
+            optuna.delete_study(study_name=name, storage=self.storage)
+        except KeyError:
+            pass
+        study = optuna.create_study(storage=self.storage, study_name=name, directions=["maximize", "minimize"])
+        if r.study_trials:
+            study.add_trials(r.study_trials)
+        study.set_user_attr("result", r.to_dict())
+
+    # claims ---------------------------------------------------------------------------------------------
+    def claim(self, b: int, l: int) -> bool:
+        """Claim unit (b, l); False when another live process holds it."""
+        name = f"{self.key}:claim:b{b}:l{l}"
+        for _ in range(2):
+            try:
+                s = optuna.create_study(storage=self.storage, study_name=name)
+                s.set_user_attr("owner", self.owner)
+                s.set_user_attr("time", time.time())
+                return True
+            except optuna.exceptions.DuplicatedStudyError:
+                if not self._stale(name):
+                    return False
+                try:
+                    optuna.delete_study(study_name=name, storage=self.storage)
+                except KeyError:
+                    pass
+        return False
+
+    def _stale(self, name: str) -> bool:
+        try:
+            attrs = optuna.load_study(study_name=name, storage=self.storage).user_attrs
+        except KeyError:
+            return True
+        if "owner" not in attrs or "time" not in attrs:  # being created right now, or its creator died at once
+            first = self._ownerless.setdefault(name, time.time())
+            return time.time() - first > OWNERLESS_CLAIM_S
+        owner, t = attrs["owner"], float(attrs["time"])
+        if owner == self.owner:
+            return True
+        host, _, pid = owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return time.time() - t > STALE_CLAIM_S
+
+
+# ------------------------------------------------------------------------------------------------- workers
+_W: dict = {}
+
+
+def _init_worker(profile: Profile, head_settings: HeadSettings, seed: int, split: HoldoutSplit | None,
+                 keep_trials: bool) -> None:
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    layout = profile.layout()
+    _W.update(profile=profile, settings=head_settings, seed=seed, split=split, keep_trials=keep_trials,
+              tables=LayoutTables(layout), scorer=ExactScorer(layout),
+              space=SearchSpace(layout.grid_thw, head_settings.max_groups))
+
+
+def _check_mass(profile: Profile, b: int, l: int, m: torch.Tensor, what: str) -> None:
+    nb = profile.layout().num_blocks
+    if m.shape[-3:] != (profile.num_heads, nb, nb):
+        raise InputError(f"profile {profile.root}: {what} of bucket {b}, layer {l} has shape {tuple(m.shape)}, "
+                         f"expected [..., {profile.num_heads}, {nb}, {nb}]; the profile is corrupt")
+    if not torch.isfinite(m).all():
+        raise InputError(f"profile {profile.root}: {what} of bucket {b}, layer {l} contains NaN or inf; "
+                         "re-run the profile")
+
+
+def _search_unit(b: int, l: int, heads: list[int]) -> list[HeadResult]:
+    w = _W
+    prof: Profile = w["profile"]
+    mass = prof.mass(b, l)
+    _check_mass(prof, b, l, mass, "block mass")
+    pm = prof.prompt_mass(b, l) if w["split"] is not None and w["split"].holdout else None
+    if pm is not None:
+        _check_mass(prof, b, l, pm, "per-prompt block mass")
+    calib, held = unit_masses(mass, pm, w["split"])
+    out = []
+    for h in heads:
+        ht = HeadTables(w["tables"], calib[h])
+        out.append(search_head(ht, w["scorer"], calib[h], w["space"], w["settings"],
+                               _head_seed(w["seed"], b, l, h), (b, l, h),
+                               None if held is None else held[h], w["keep_trials"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- run
+def _recipe_warmup(profile: Profile) -> int:
+    r = profile.recipe or {}
+    v = r.get("dense_warmup")
+    if v is None and isinstance(r.get("profile"), dict):
+        v = r["profile"].get("dense_warmup")
+    return int(v or 0)
+
+
+def _dense_cost(cost_model: CostModel | None, nb: int) -> Callable[[float], float]:
+    if cost_model is None:
+        return lambda blocks: blocks / (nb * nb)
+    dense = cost_model.cost(nb * nb, nb)
+    return lambda blocks: cost_model.cost(blocks, nb) / dense
+
+
+def run_search(
+    profile: Profile | Path,
+    settings: SearchSettings,
+    out: Path,
+    *,
+    storage: str | None = None,
+    resume: bool = False,
+    workers: int = 1,
+    cost_model: CostModel | None = None,
+    keep_trials: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    arguments: dict | None = None,
+) -> SearchOutcome:
+    """Search every head of ``profile``, allocate the budget, write the config to ``out``.
+
+    Args:
+        profile: a `Profile` or its directory.
+        settings: the search settings (checked here).
+        out: config path (written atomically).
+        storage: Optuna RDB URL; default SQLite `default_storage(out)`.
+        resume: continue the run stored in the default SQLite file instead of replacing it.
+        workers: processes searching units in parallel (1: in this process).
+        cost_model: measured kernel cost model; default cost = blocks computed.
+        keep_trials: also store every Optuna trial (slow).
+        progress: ``progress(heads_done, heads_total)`` after each stored head.
+        arguments: the command line's arguments, recorded in the provenance.
+    """
+    threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
+    torch.set_num_threads(1)  # small tensor ops: one thread is several times faster than two here
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run_search(profile, settings, out, storage, resume, workers, cost_model, keep_trials, progress,
+                           arguments)
+    finally:
+        torch.set_num_threads(threads)
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run_search(profile, settings, out, storage, resume, workers, cost_model, keep_trials, progress, arguments):
+    t0 = time.perf_counter()
+    settings.check()
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    profile_path = None
+    if not isinstance(profile, Profile):
+        profile_path = Path(profile)
+        profile = Profile.load(profile_path)
+    layout = profile.layout()
+    nb = layout.num_blocks
+    L, H = profile.num_layers, profile.num_heads
+    split = None
+    if settings.holdout:
+        if not profile.per_prompt:
+            raise InputError("--holdout needs per-prompt tensors, and this profile has none; re-run the profile "
+                             "with profile.per_prompt: true in the recipe")
+        n_prompts = len(profile.prompts) or profile.prompt_mass(0, 0).shape[0]
+        split = split_prompts(n_prompts, settings.holdout, settings.seed)
+
+    to_cost = _dense_cost(cost_model, nb)
+    scorer = ExactScorer(layout)
+    cheapest = to_cost(scorer.blocks(min_pattern()))
+    if settings.budget < cheapest - 1e-12:
+        least = math.ceil(cheapest * 1e4) / 1e4
+        raise InputError(f"budget {settings.budget:g} is too small: the cheapest patterns (every query tile sees only "
+                         f"its own tile, text dense) need {cheapest:.4f}; use --budget >= {least:g}")
+
+    buckets = [tuple(b) for b in profile.buckets]
+    if covers_warmup(buckets):
+        searched = list(range(len(buckets)))
+        decision: WarmupDecision | None = None
+    else:
+        decision = warmup_from_recipe(buckets, _recipe_warmup(profile))
+        searched = [i for i, _ in decision.buckets]
+
+    key = _run_key(profile, settings, split)
+    if storage is None:
+        db = default_storage(out)
+        if not resume:
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(str(db) + suffix)
+                if p.exists():
+                    p.unlink()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{db.resolve()}"
+    else:
+        url = storage
+    store = _Store(url, key)
+    results = {k: v for k, v in store.done().items() if k[0] in searched}
+    total_heads = len(searched) * L * H
+    units = [(b, l, [h for h in range(H) if (b, l, h) not in results]) for b in searched for l in range(L)]
+    units = [u for u in units if u[2]]
+    if progress:
+        progress(len(results), total_heads)
+
+    computed = [0]
+
+    def store_unit(res: list[HeadResult]) -> None:
+        for r in res:
+            store.write(r)
+            results[(r.bucket, r.layer, r.head)] = r
+        computed[0] += len(res)
+        if progress:
+            progress(len(results), total_heads)
+
+    init_args = (profile, settings.head_settings(), settings.seed, split, keep_trials)
+    if workers == 1 or len(units) <= 1:
+        try:
+            _init_worker(*init_args)
+            _run_units(units, store, store_unit, lambda u: _search_unit(*u), None)
+        finally:
+            _W.clear()
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                 initializer=_init_worker, initargs=init_args) as pool:
+            _run_units(units, store, store_unit, None, (pool, workers))
+    if len(results) < total_heads:  # heads other processes sharing the storage finished
+        results.update({k: v for k, v in store.done().items() if k[0] in searched and k not in results})
+    missing = [(b, l, h) for b in searched for l in range(L) for h in range(H) if (b, l, h) not in results]
+    if missing:
+        raise InputError(f"{len(missing)} heads were not searched (first: {head_name(*missing[0])}); re-run with "
+                         "--resume")
+
+    config, summary, below = _build_config(profile, profile_path, settings, results, searched, decision,
+                                           to_cost, split, cost_model, key, arguments or {})
+    config.save(Path(out))
+    return SearchOutcome(config, Path(out), summary, below, computed[0], total_heads - computed[0],
+                         time.perf_counter() - t0, "sqlite (default)" if storage is None else "external",
+                         results)
+
+
+def _run_units(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
+    """Claim and run units; wait for units other processes hold, taking stale claims over."""
+    pending = list(units)
+    deferred = []
+    if run_inline is not None:
+        while pending or deferred:
+            if not pending:
+                time.sleep(1.0)
+                pending, deferred = _recheck(store, deferred), []
+                continue
+            u = pending.pop(0)
+            if store.claim(u[0], u[1]):
+                store_unit(run_inline(u))
+            else:
+                deferred.append(u)
+        return
+    pool, workers = pool_spec
+    running = {}
+    while pending or deferred or running:
+        while pending and len(running) < 2 * workers:
+            u = pending.pop(0)
+            if store.claim(u[0], u[1]):
+                running[pool.submit(_search_unit, *u)] = u
+            else:
+                deferred.append(u)
+        if not running:
+            time.sleep(1.0)
+            pending, deferred = _recheck(store, deferred), []
+            continue
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for f in done:
+            running.pop(f)
+            store_unit(f.result())
+        if not pending and deferred and not running:
+            pending, deferred = _recheck(store, deferred), []
+
+
+def _recheck(store: _Store, deferred: list) -> list:
+    """Units another process held: drop the heads it finished; the rest are tried again."""
+    done = store.done()
+    out = []
+    for b, l, heads in deferred:
+        left = [h for h in heads if (b, l, h) not in done]
+        if left:
+            out.append((b, l, left))
+    return out
+
+
+def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int], nb: int) -> dict:
+    """`compactsearch.config.summarize`'s numbers from known per-head block counts (no mask is rebuilt).
+
+    ``blocks`` is keyed by (profile bucket index, layer, head) in the order of ``config.buckets``; the tests check
+    that the result equals ``summarize(config)``.
+    """
+    L, H = config.num_layers, config.num_heads
+    per_bucket, recalls = [], []
+    by_bucket: dict[int, int] = {}
+    for (b, _, _), n in blocks.items():
+        by_bucket[b] = by_bucket.get(b, 0) + n
+    for b, bucket in zip(sorted(by_bucket), config.buckets, strict=True):
+        per_bucket.append(by_bucket[b] / (L * H * nb * nb))
+        recalls += [h.recall for lc in bucket.layers for h in lc.heads if h.recall is not None]
+    sparse_steps = [b.steps[1] - b.steps[0] for b in config.buckets]
+    total_sparse = sum(sparse_steps)
+    density_sparse = sum(d * n for d, n in zip(per_bucket, sparse_steps, strict=True)) / max(total_sparse, 1)
+    density_all = (density_sparse * total_sparse + (config.num_steps - total_sparse)) / config.num_steps
+    out = {
+        "density": round(density_sparse, 5),
+        "density_all_steps": round(density_all, 5),
+        "bucket_density": [round(x, 5) for x in per_bucket],
+        "est_attention_speedup": round(1.0 / density_all, 3),
+    }
+    if recalls:
+        t = torch.tensor(recalls)
+        out["recall_mean"] = round(float(t.mean()), 5)
+        out["recall_min"] = round(float(t.min()), 5)
+    return out
+
+
+def _build_config(profile, profile_path, settings, results, searched, decision, to_cost, split, cost_model, key,
+                  arguments):
+    layout = profile.layout()
+    nb = layout.num_blocks
+    L, H = profile.num_layers, profile.num_heads
+    floor = settings.recall
+    buckets = [tuple(b) for b in profile.buckets]
+    if decision is None:
+        floor_cost = []
+        for b in searched:
+            c = sum(to_cost(results[(b, l, h)].cheapest_feasible(floor).blocks) for l in range(L) for h in range(H))
+            floor_cost.append(c / (L * H))
+        decision = warmup_by_budget(buckets, floor_cost, settings.budget)
+
+    keys, cw, rw = [], [], []
+    steps = {b: rng[1] - rng[0] for b, rng in decision.buckets}
+    n_steps = sum(steps.values())
+    for b, _ in decision.buckets:
+        for l in range(L):
+            for h in range(H):
+                keys.append((b, l, h))
+                w = steps[b] / (n_steps * L * H)
+                cw.append(w)
+                rw.append(w)
+    fronts = [results[k] for k in keys]
+    alloc = allocate(fronts, cw, rw, settings.budget, floor, cost_of=to_cost)
+    chosen = {k: fronts[i].front[alloc.choice[i]] for i, k in enumerate(keys)}
+
+    cfg_buckets = []
+    for b, rng in decision.buckets:
+        layers = []
+        for l in range(L):
+            heads = tuple(HeadConfig(h, chosen[(b, l, h)].pattern, chosen[(b, l, h)].recall,
+                                     chosen[(b, l, h)].blocks / (nb * nb)) for h in range(H))
+            layers.append(LayerConfig(l, heads))
+        cfg_buckets.append(Bucket(tuple(rng), tuple(layers)))
+
+    below = [head_name(*keys[i]) for i in alloc.below_floor]
+    # baselines at the floor: the search's cheapest floor-meeting point against greedy and best cube
+    w_by_key = dict(zip(keys, cw, strict=True))
+    dens = {"search": 0.0, "greedy": 0.0, "cube": 0.0}
+    dominated = 0
+    for k in keys:
+        r, w = results[k], w_by_key[k] / (nb * nb)
+        dens["search"] += w * r.cheapest_feasible(floor).blocks
+        dens["greedy"] += w * r.greedy.blocks
+        dens["cube"] += w * r.cube.blocks
+        if all(any(p.recall >= base.recall and p.blocks <= base.blocks for p in r.front)
+               for base in (r.greedy, r.cube)):
+            dominated += 1
+    baselines = {
+        "tau": floor,
+        "density_search": round(dens["search"], 5),
+        "density_greedy": round(dens["greedy"], 5),
+        "density_best_cube": round(dens["cube"], 5),
+        "density_saved_vs_best_cube": round(dens["cube"] - dens["search"], 5),
+        "density_saved_vs_greedy": round(dens["greedy"] - dens["search"], 5),
+        "heads_dominating_baselines": f"{dominated}/{len(keys)}",
+    }
+    search_block = settings.to_dict()
+    if cost_model is not None:
+        search_block["cost_model"] = cost_model.to_dict()
+    provenance = {
+        "kind": "searched",
+        "profile": str(profile_path) if profile_path else (str(profile.root) if profile.root else "in-memory"),
+        "profile_hash": _profile_hash(profile),
+        "tool_version": __version__,
+        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "seed": settings.seed,
+        "run_key": key,
+        "arguments": arguments,
+    }
+    model = profile.model or {}
+    recipe = profile.recipe or {}
+    rmodel = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    config = Config(
+        model_id=str(model.get("id") or rmodel.get("id") or "unknown"),
+        adapter=str(model.get("adapter") or rmodel.get("adapter") or "unknown"),
+        geometry=profile.geometry,
+        num_layers=L,
+        num_heads=H,
+        head_dim=int(model.get("head_dim") or 0) or DEFAULT_HEAD_DIM,
+        tile=tuple(profile.tile),
+        block_size=profile.block_size,
+        num_steps=profile.num_steps,
+        dense_warmup=decision.dense_warmup,
+        buckets=tuple(cfg_buckets),
+        search=search_block,
+        provenance=provenance,
+    )
+    summary = summary_from_blocks(config, {k: p.blocks for k, p in chosen.items()}, nb)
+    summary["cost_vs_dense"] = round(alloc.cost, 5)
+    summary["recall_floor"] = floor
+    summary["heads_below_floor"] = len(below)
+    if below:
+        summary["below_floor"] = below
+    summary["recall_min_block"] = round(min(p.recall_min for p in chosen.values()), 5)
+    summary["dense_warmup_rule"] = decision.rule
+    summary["bucket_steps"] = {f"b{b}": list(rng) for b, rng in decision.buckets}
+    summary["baselines"] = baselines
+    if split is not None and split.holdout:
+        rows = [(head_name(*k), w_by_key[k] / sum(cw), chosen[k].recall, chosen[k].holdout_recall)
+                for k in keys]
+        rep = holdout_report(rows, list(profile.prompts), split)
+        summary["holdout"] = {k: v for k, v in rep.items() if k != "per_head"}
+        per_head = rep["per_head"]
+    else:
+        per_head = None
+    config = replace(config, summary=summary)
+    if per_head is not None:  # per-head numbers go to --json, not into the config
+        summary = {**summary, "holdout_per_head": per_head}
+    return config, summary, below

@@ -3,7 +3,7 @@
 Not a test: needs a CUDA GPU. One run prints one table (and writes it, with a JSON log, under ``--out``)::
 
     PYTHONPATH=kernels:. python3 benchmarks/kernel.py --out $OUT            # the full table (BENCHMARKS.md)
-    PYTHONPATH=kernels:. python3 benchmarks/kernel.py --sweep --out $OUT    # config sweep at 69,120 tokens
+    PYTHONPATH=kernels:. python3 benchmarks/kernel.py --sweep --geometries wan14b-69f --out $OUT  # config sweep
 
 Masks are real pattern masks built with `compactsearch.patterns` on each model's default tile layout: for a
 target density every head gets a local window, a cross (two thin windows) or a frame-grouped pattern (near
@@ -67,6 +67,10 @@ DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 SWEEP = [  # the first is the fixed Hopper default; the rest are neighbours (KERNEL_NOTES.md has all tried)
     AttnConfig(128, 64, 4, 2, use_tma=True),
+    AttnConfig(128, 64, 4, 2, use_tma=True, order="lpt"),
+    AttnConfig(128, 64, 4, 2, use_tma=True, order="head"),
+    AttnConfig(128, 64, 4, 2, use_tma=True, rescale_threshold=8.0),
+    AttnConfig(128, 64, 4, 2, use_tma=True, exp_poly=True),
     AttnConfig(128, 64, 4, 2),
     AttnConfig(128, 64, 4, 2, use_tma=True, pipe_qk=True),
     AttnConfig(128, 32, 4, 3, use_tma=True),
@@ -74,6 +78,7 @@ SWEEP = [  # the first is the fixed Hopper default; the rest are neighbours (KER
 ]
 SWEEP_D64 = [  # head dim 64 (CogVideoX); the first is the fixed Hopper default
     AttnConfig(64, 128, 4, 3, use_tma=True),
+    AttnConfig(64, 128, 4, 3, use_tma=True, rescale_threshold=8.0),
     AttnConfig(128, 128, 8, 3, use_tma=True),
     AttnConfig(128, 128, 8, 3),
     AttnConfig(128, 64, 4, 3, use_tma=True),
@@ -90,8 +95,13 @@ def parse_config(text: str) -> AttnConfig:
     if not m:
         raise SystemExit(f"bad config {text!r}: expected like m128n128w8s3+tma")
     flags = set(m.group(5).split("+")[1:])
+    lazy = [f for f in flags if re.fullmatch(r"lazy[0-9.]+", f)]
+    trip = [f for f in flags if f in ("trip0", "trip1")]
     return AttnConfig(*(int(m.group(i)) for i in range(1, 5)), use_tma="tma" in flags, pipe_qk="pipe" in flags,
-                      exp16="exp16" in flags)
+                      exp16="exp16" in flags, rescale_threshold=float(lazy[0][4:]) if lazy else 0.0,
+                      exp_poly="poly" in flags,
+                      order="head" if "head" in flags else "lpt" if "lpt" in flags else "auto",
+                      one_trip=(trip[0] == "trip1") if trip else None)
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -282,8 +292,13 @@ def run_table(args, rows: list[dict]) -> None:
 
 
 def run_sweep(args, rows: list[dict]) -> None:
+    for name in args.geometries:
+        _sweep_one(args, rows, name)
+        torch.cuda.empty_cache()
+
+
+def _sweep_one(args, rows: list[dict], name: str) -> None:
     dev = torch.device("cuda")
-    name = args.geometries[0]
     geom, H, D = GEOMETRIES[name]
     N = geom.seq_len
     masks = build_masks(name, geom, H, args.densities, dev)
@@ -291,10 +306,11 @@ def run_sweep(args, rows: list[dict]) -> None:
     dense = dense_rivals(q, k, v, args.reps)
     print(f"# sweep {name}: cudnn {dense['cudnn']:.2f} ms ({4.0 * H * N * N * D / dense['cudnn'] / 1e9:.0f} TFLOP/s), "
           f"flash {dense['flash']:.2f} ms", flush=True)
+    variants = args.variants or (SWEEP_D64 if D == 64 else SWEEP)
     for label, mask in masks:
         dens, flops = mask.density(), 4.0 * D * pairs_computed(mask)
         ref_out = None
-        for cfg in args.variants or (SWEEP_D64 if D == 64 else SWEEP):
+        for cfg in variants:
             out = torch.full_like(q, float("nan"))
             try:
                 fn = functools.partial(block_sparse_attention_triton, q, k, v, mask, out=out, config=cfg)
@@ -328,7 +344,7 @@ def main() -> None:
     ap.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     ap.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--sweep", action="store_true", help="time the config sweep on the first geometry")
+    ap.add_argument("--sweep", action="store_true", help="time the config sweep on each geometry given")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--variants", nargs="+", type=parse_config, help="configs for --sweep, e.g. m64n64w4s3+tma")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -344,8 +360,11 @@ def main() -> None:
     import triton
 
     gpu = torch.cuda.get_device_name()
+    from compact_attn._config import attention_config
+
+    dflt = {d: attention_config(torch.device("cuda"), d, torch.bfloat16).describe() for d in (128, 64)}
     head = (f"# {time.strftime('%Y-%m-%d %H:%M')} {gpu}, torch {torch.__version__}, triton {triton.__version__}, "
-            f"cmd: {' '.join(sys.argv)}")
+            f"default configs d128 {dflt[128]}, d64 {dflt[64]}, cmd: {' '.join(sys.argv)}")
     print(head, flush=True)
     print(f"{'geometry':>13} {'tokens':>6} {'mask':>8} {'dens':>5} {'kernel':>22} {'ms':>9} {'xcuDNN':>6} {'ideal':>6} "
           f"{'TFLOPs':>6} {'err/err_torch':>19}", flush=True)

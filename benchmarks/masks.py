@@ -1,7 +1,8 @@
 """Mask build speed: every mask of a Wan2.1-14B 720p config (40 layers x 40 heads, one bucket), CPU.
 
-Layers are built `--threads` at a time (`compactsearch.patterns.build_masks`). Every head gets its own pattern (random frame groups and windows, seeded), so the per-pattern cache in
-`build_layer_mask` cannot help: this is the worst case a searched config can present.
+Layers are built `--threads` at a time (`compactsearch.patterns.build_masks`). Every head gets its own
+pattern (random frame groups and windows, seeded), so the per-pattern cache in `build_layer_mask` cannot
+help: this is the worst case a searched config can present.
 
     python benchmarks/masks.py [--threads 2] [--repeats 3]
 """

@@ -117,6 +117,68 @@ def test_attention_tensor_descriptor_path():
                                                        use_tma=True))
 
 
+def _growing_scores_qkv(N: int, D: int, dtype):
+    """q, k, v whose score rows keep growing along the keys (a ramp on k), so a row's running max moves by
+    more than the lazy-rescale threshold well after its first tile: both branches of the rescale run."""
+    q, k, v = (_rand(1, 2, N, D, dtype=torch.float32) for _ in range(3))
+    k = k * torch.linspace(0.5, 6.0, N)[:, None]
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("use_tma", [False, True])
+@pytest.mark.parametrize("one_trip", [None, True, False])
+@pytest.mark.parametrize("N", [256, 230])
+def test_attention_lazy_rescale(use_tma, one_trip, N):
+    """FA4-style lazy rescaling: exact for rows whose max grows past the threshold mid-row, for a query block
+    with no key block and one that lists only the (ragged) last block, with and without the one-trip loop."""
+    q, k, v = _growing_scores_qkv(N, 64, torch.bfloat16)
+    mask = _random_mask(2, N, 64, 64, 0.6, empty_row=True)
+    dense = mask.to_dense().clone()
+    dense[1, 1] = False
+    dense[1, 1, -1] = True  # only the last key block
+    mask = BlockSparseMask.from_dense(dense, 64, 64, N)
+    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma, rescale_threshold=8.0,
+                     one_trip=one_trip)
+    o = _check_attention(q, k, v, mask, config=cfg)
+    assert torch.all(o[0, 0, (mask.num_q_blocks // 2) * 64 : (mask.num_q_blocks // 2 + 1) * 64] == 0)
+
+
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_attention_lazy_rescale_moves_the_reference_max(use_tma):
+    """Scores that climb by ~40 log2 units per key tile (~350 along the row): a kernel that never moved its
+    reference max would overflow (2^128) into inf/NaN, so this fails unless the rescale branch runs. (The
+    softmax sits on the last few keys, so the bf16 rounding of ``p`` does not average out: a fixed tolerance.)"""
+    N, D = 256, 64
+    q = torch.ones(1, 2, N, D)
+    k = torch.linspace(0.0, 30.0, N)[:, None].expand(N, D)[None, None].repeat(1, 2, 1, 1)
+    q, k, v = q.bfloat16(), k.bfloat16(), _rand(1, 2, N, D, dtype=torch.bfloat16)
+    mask = BlockSparseMask.dense_mask(2, N, 64, 64)
+    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma, rescale_threshold=8.0)
+    out = torch.full_like(q, float("nan"))
+    o, lse = block_sparse_attention_triton(q, k, v, mask, return_lse=True, out=out, config=cfg)
+    ref_o, ref_lse = reference.block_sparse_attention(q.float(), k.float(), v.float(), mask, return_lse=True)
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all()
+    assert _rel(o, ref_o) < 1e-2
+    assert torch.allclose(lse, ref_lse, rtol=1e-4)
+
+
+def test_attention_launch_orders_give_identical_output():
+    """Head-by-head and global heaviest-first launch orders: each program's work is unchanged, so bitwise equal."""
+    q, k, v = (_rand(1, 3, 200, 64, dtype=torch.float16) for _ in range(3))
+    mask = _random_mask(3, 200, 64, 64, 0.4, "back", 20)
+    outs = [_check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1,
+                                                                 order=order)) for order in ("lpt", "head", "auto")]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_attention_exp2_polynomial_split():
+    """Half the exponentials by the FMA polynomial (FA4's MUFU/FMA split), with lazy rescaling and a tail."""
+    q, k, v = _growing_scores_qkv(230, 128, torch.float16)
+    mask = _random_mask(2, 230, 64, 64, 0.5, "back", 20)
+    _check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1,
+                                                       rescale_threshold=8.0, exp_poly=True))
+
+
 def test_attention_empty_query_block_gives_zero_and_minus_inf_lse():
     q, k, v = (_rand(1, 2, 200, 64, dtype=torch.bfloat16) for _ in range(3))
     mask = _random_mask(2, 200, 64, 64, 0.5, empty_row=True)

@@ -25,6 +25,7 @@ __all__ = [
     "AttnConfig",
     "MassConfig",
     "HAS_TMA",
+    "HEAD_ORDER_KV_BYTES",
     "INTERPRET",
     "attention_config",
     "mass_config",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# "auto" work order: head by head once one head's K + V pass this (75,600 x 128 bf16 is 36.9 MiB, 69,120 is 33.8).
+HEAD_ORDER_KV_BYTES = 35 * 2**20
 HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 
 
@@ -45,6 +48,15 @@ class AttnConfig:
     them where the Triton build, the device, the dtype or the tensor strides cannot honour them. ``exp16``
     computes the softmax exponentials in bf16/fp16 (``ex2.approx.*x2``). ``pipe_qk`` issues the next tile's
     ``QK^T`` before the current tile's softmax (FA3's intra-warpgroup overlap, written in the source).
+    ``rescale_threshold`` > 0: lazy rescaling (FA4): the accumulator is rescaled only when a row max grows by
+    more than this many log2 units (exact result; 0 rescales every tile). ``exp_poly``: half the softmax
+    exponentials by an FMA polynomial instead of MUFU (FA4's split). ``order``: launch order of the work
+    items, ``"lpt"`` (heaviest first over all heads), ``"head"`` (head by head, heaviest first in each), or
+    ``"auto"``: ``"head"`` when one head's K and V exceed `HEAD_ORDER_KV_BYTES` (then programs of several
+    heads running together would share the H200's 50 MB L2 poorly), else ``"lpt"``.
+    ``one_trip`` (lazy rescaling, TMA path only): run the main loop at least once so no zero-trip path exists;
+    ``None`` = when the sequence has no ragged tail, which is where a local sm_90 compile showed ptxas
+    serialising the wgmmas otherwise.
     """
 
     block_m: int = 128
@@ -54,10 +66,16 @@ class AttnConfig:
     use_tma: bool = False
     pipe_qk: bool = False
     exp16: bool = False
+    rescale_threshold: float = 0.0
+    exp_poly: bool = False
+    order: str = "auto"
+    one_trip: bool | None = None
 
     def describe(self) -> str:
-        flags = ("+tma" if self.use_tma else "") + ("+pipe" if self.pipe_qk else "") + (
-            "+exp16" if self.exp16 else "")
+        flags = "".join(f for f, on in (("+tma", self.use_tma), ("+pipe", self.pipe_qk), ("+exp16", self.exp16),
+                                          (f"+lazy{self.rescale_threshold:g}", self.rescale_threshold > 0),
+                                          ("+poly", self.exp_poly), (f"+{self.order}", self.order != "auto"),
+                                          (f"+trip{int(bool(self.one_trip))}", self.one_trip is not None)) if on)
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{flags}"
 
 
@@ -105,6 +123,7 @@ def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) ->
         # H200 sweeps (KERNEL_NOTES.md): one warpgroup per program and tiles small enough for 2 programs per SM,
         # so one program's softmax overlaps the other's MMAs. d=128: 542 TFLOP/s dense at 69,120 tokens (0.86x
         # cuDNN) against 459 for 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens.
+        # Lazy rescaling and the FMA-polynomial exp2 were measured slower (KERNEL_NOTES.md) and stay off.
         if head_dim <= 64:
             return AttnConfig(block_m=64, block_n=128, num_warps=4, num_stages=3, use_tma=HAS_TMA)
         return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=2, use_tma=HAS_TMA)

@@ -6,7 +6,9 @@ same function as `compact_attn.reference.block_sparse_attention`.
 
 How: one program per (query tile of ``BLOCK_M`` rows, batch), launched heaviest first (query blocks with the
 most key blocks first, so the hardware scheduler packs the short ones into the tail: a longest-processing-time
-schedule without a persistent grid). Each program walks its query block's sorted key-block list in one
+schedule without a persistent grid); for long sequences head by head, heaviest first within each head, so the
+programs in flight share one head's keys and values in L2 (``AttnConfig.order``).
+Each program walks its query block's sorted key-block list in one
 software-pipelined loop of ``BLOCK_N``-key tiles (``block_k / BLOCK_N`` tiles per listed block, the next index
 loaded inside the loop so the pipeliner prefetches it), with an online softmax in base 2 (``log2(e)`` folded
 into the scale). Only a ragged last key block (``seq_len % block_k != 0``) is element-masked, in a separate
@@ -34,6 +36,7 @@ import triton.language as tl
 from compact_attn import check_attention_inputs
 from compact_attn._config import (
     HAS_TMA,
+    HEAD_ORDER_KV_BYTES,
     INTERPRET,
     AttnConfig,
     attention_autotune_configs,
@@ -96,6 +99,31 @@ def _exp2_lowp(x, IS_BF16: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _exp2_fma(x):
+    """``2^x`` without the MUFU unit (FMA pipe only): round ``x`` to ``j + f`` with ``|f| <= 1/2`` by the
+    ``1.5 * 2^23`` add, a degree-3 polynomial for ``2^f`` (fitted here for relative error, max 7.5e-5, far
+    below the bf16 rounding of ``p``), and ``j`` added into the exponent bits. ``x`` is clamped to -125 (the
+    exponent field stays >= 1 for ``2^f >= 0.7``) so
+    -inf gives ~2e-38 instead of garbage (relative to the row's max term, which is >= 1)."""
+    x = tl.maximum(x, -125.0)
+    t = x + 12582912.0  # 1.5 * 2^23: the low mantissa bits of t hold round(x)
+    f = x - (t - 12582912.0)
+    poly = 0.05517166 * f + 0.24261112
+    poly = poly * f + 0.69326099
+    poly = poly * f + 0.99992807
+    bits = poly.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)  # (bits(t) << 23) == j << 23
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_split(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``2^x`` of a ``[BLOCK_M, BLOCK_N]`` fp32 tile, even columns on MUFU and odd ones by `_exp2_fma`
+    (FlashAttention-4's split of the exponentials between the two units; a column pair sits in one thread)."""
+    ev, od = tl.split(x.reshape(BLOCK_M, BLOCK_N // 2, 2))
+    return tl.join(tl.math.exp2(ev), _exp2_fma(od)).reshape(BLOCK_M, BLOCK_N)
+
+
+@triton.jit
 def _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
             USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Raw scores ``q k^T`` ``[BLOCK_M, BLOCK_N]`` of one key tile; keys past N are -inf when ``MASKED``."""
@@ -110,25 +138,46 @@ def _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N: tl.constexpr, HEAD_
 @triton.jit
 def _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N: tl.constexpr,
                 HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-                UPCAST: tl.constexpr, EXP16: tl.constexpr):
-    """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the row max in log2 units.
+                UPCAST: tl.constexpr, EXP16: tl.constexpr, RESCALE_TH: tl.constexpr, EXP_POLY: tl.constexpr):
+    """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the running reference
+    max in log2 units (the exponent offset of ``acc`` and ``l_i``).
+
+    ``RESCALE_TH`` > 0 (lazy rescaling, as FlashAttention-4): the reference max moves, and ``acc`` and ``l_i``
+    are rescaled, only when some row's max grows by more than ``RESCALE_TH`` (log2 units) over it; otherwise
+    the stale reference stays and ``p = 2^(s - m_i) <= 2^RESCALE_TH``, which fp32 sums and 16-bit ``p`` hold
+    exactly as well. The result is the same: ``o = acc / l`` and ``lse = m_i + log2(l)`` for any reference.
+    The test is one CTA-wide max, so the branch is uniform and the usual case skips the
+    ``BLOCK_M x HEAD_DIM`` multiply. (The first tile always rescales: ``m_i = -inf``, and ``acc = 0``.)
+    ``RESCALE_TH`` = 0: rescale every tile (the classic online softmax).
 
     ``EXP16``: the exponent is rounded to the input dtype and exponentiated as 16-bit floats; the row sum
     then adds the same rounded ``p`` that feeds the PV product (numerator and denominator agree)."""
     v = _load_rows(v_ptr, v_desc, kv_row, N, stride_vn, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
     # exp2 with log2(e) folded into the scale: p = 2^(qk * scale * log2e - m)
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    alpha = tl.math.exp2(m_i - m_ij)
-    if EXP16 > 0:
-        p = _exp2_lowp((qk * qk_scale - m_ij[:, None]).to(v.dtype), v.dtype == tl.bfloat16, EXP16 == 2)
-        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    if RESCALE_TH > 0:
+        if tl.max(m_ij - m_i, 0) > RESCALE_TH:
+            alpha = tl.math.exp2(m_i - m_ij)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_ij
     else:
-        p32 = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-        l_i = l_i * alpha + tl.sum(p32, 1)
+        alpha = tl.math.exp2(m_i - m_ij)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+        m_i = m_ij
+    if EXP16 > 0:
+        p = _exp2_lowp((qk * qk_scale - m_i[:, None]).to(v.dtype), v.dtype == tl.bfloat16, EXP16 == 2)
+        l_i = l_i + tl.sum(p.to(tl.float32), 1)
+    else:
+        if EXP_POLY:
+            p32 = _exp2_split(qk * qk_scale - m_i[:, None], qk.shape[0], BLOCK_N)
+        else:
+            p32 = tl.math.exp2(qk * qk_scale - m_i[:, None])
+        l_i = l_i + tl.sum(p32, 1)
         p = p32.to(v.dtype)
-    acc = acc * alpha[:, None]
     acc = _mma(p, v, acc, DOT_PREC, UPCAST)
-    return acc, l_i, m_ij
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -144,6 +193,7 @@ def _block_sparse_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_TAIL: tl.constexpr, EVEN_M: tl.constexpr, USE_TMA: tl.constexpr, PIPE_QK: tl.constexpr,
     RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, EXP16: tl.constexpr,
+    RESCALE_TH: tl.constexpr, EXP_POLY: tl.constexpr, ONE_TRIP: tl.constexpr,
 ):
     MSPLIT: tl.constexpr = BLOCK_Q // BLOCK_M  # programs per query block
     SUB: tl.constexpr = BLOCK_K // BLOCK_N  # key tiles per listed key block
@@ -194,23 +244,34 @@ def _block_sparse_fwd(
             qk_next = _scores(q, k_ptr, k_desc, nxt, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
                               UPCAST)
             acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16)
+                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
             qk = qk_next
             kv_row = nxt
     else:
-        for t in range(0, n_tiles):
-            kv_row = tl.load(idx_ptr + t // SUB) * BLOCK_K + (t % SUB) * BLOCK_N
+        n_iter = n_tiles
+        if ONE_TRIP and USE_TMA:
+            # At least one trip (lazy rescaling without a tail loop): with a zero-trip path LLVM sinks acc's
+            # zero-init behind the loop and ptxas then serialises every wgmma (C7515). An empty list runs one tile
+            # past the sequence end (key block NKB, TMA only): the copy engine zero-fills K and V there, so acc
+            # stays 0 and only l_i, m_i need undoing below.
+            n_iter = tl.maximum(n_tiles, 1)
+        for t in range(0, n_iter):
+            kv_row = tl.load(idx_ptr + t // SUB, mask=t < n_tiles, other=NKB) * BLOCK_K + (t % SUB) * BLOCK_N
             qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
                          UPCAST)
             acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16)
+                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
+        if ONE_TRIP and USE_TMA:
+            ran = n_tiles > 0
+            l_i = tl.where(ran, l_i, 0.0)
+            m_i = tl.where(ran, m_i, float("-inf"))
     if HAS_TAIL:  # element-masked step over the tiles of the last block that hold keys
         tail_tiles = tl.cdiv(N - (NKB - 1) * BLOCK_K, BLOCK_N)  # tiles wholly past N are skipped
         for t in tl.range(0, (n_blocks - n_main) * tail_tiles, num_stages=1):  # no smem for pipelining this
             kv_row = (NKB - 1) * BLOCK_K + t * BLOCK_N
             qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
             acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST, EXP16)
+                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
 
     # Rows with no key block: l = 0 -> o = 0, lse = -inf (as the reference).
     empty = l_i == 0.0
@@ -258,13 +319,27 @@ def _autotuned(head_dim: int, tma_ok: bool):
 _order_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _mask_tensors(mask: BlockSparseMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(kv_num_blocks, kv_indices, heaviest-first order), contiguous int32, cached per mask object."""
-    hit = _order_cache.get(mask)
-    if hit is None:
-        hit = (mask.kv_num_blocks.contiguous(), mask.kv_indices.contiguous(), mask.heaviest_first().contiguous())
-        _order_cache[mask] = hit
-    return hit
+def _work_order(mask: BlockSparseMask, order: str) -> torch.Tensor:
+    """``[H * NQB]`` int32 work items (``head * NQB + q_block``) in launch order.
+
+    ``"lpt"``: heaviest first over all heads (longest-processing-time). ``"head"``: head by head, heaviest
+    first within each head (programs running together share one head's keys and values in L2).
+    """
+    if order == "lpt":
+        return mask.heaviest_first().contiguous()
+    if order == "head":
+        counts = mask.kv_num_blocks.long()
+        key = torch.arange(counts.shape[0], device=counts.device)[:, None] * (counts.shape[1] * 256 + 1) - counts
+        return torch.argsort(key.flatten(), stable=True).to(torch.int32).contiguous()
+    raise ValueError(f"order must be 'lpt' or 'head', got {order!r}")
+
+
+def _mask_tensors(mask: BlockSparseMask, order: str = "lpt") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kv_num_blocks, kv_indices, work order), contiguous int32, cached per mask object and order."""
+    per_mask = _order_cache.setdefault(mask, {})
+    if order not in per_mask:
+        per_mask[order] = (mask.kv_num_blocks.contiguous(), mask.kv_indices.contiguous(), _work_order(mask, order))
+    return per_mask[order]
 
 
 def _tma_allocator(size: int, alignment: int, stream):
@@ -329,15 +404,19 @@ def block_sparse_attention_triton(
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError(f"out must be a [B, H, N, D] {q.dtype} tensor on {q.device} with contiguous last dim")
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
-    kv_num, kv_idx, order = _mask_tensors(mask)
+    c = config or attention_config(q.device, D, q.dtype)
+    order_name = c.order
+    if order_name == "auto":
+        order_name = "head" if 2 * N * D * q.element_size() > HEAD_ORDER_KV_BYTES else "lpt"
+    kv_num, kv_idx, order = _mask_tensors(mask, order_name)
     nqb, nkb = mask.num_q_blocks, mask.num_kv_blocks
 
     tma_ok = HAS_TMA and _tma_ok(q, k, v) and (INTERPRET or torch.cuda.get_device_capability(q.device)[0] >= 9)
     if tma_ok:
         triton.set_allocator(_tma_allocator)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    c = config or attention_config(q.device, D, q.dtype)
     common = dict(HEAD_DIM=D, BLOCK_Q=bq, BLOCK_K=bk, RETURN_LSE=return_lse, UPCAST=upcast, EXP16=_exp16_mode(c, q),
+                  EXP_POLY=c.exp_poly and q.dtype != torch.float32,
                   DOT_PREC="ieee" if q.dtype == torch.float32 or upcast else "tf32")
     args = (q, k, v, out, lse, kv_num, kv_idx, order,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -345,19 +424,24 @@ def block_sparse_attention_triton(
             kv_idx.stride(0), kv_idx.stride(1), B, H, N, nqb, nkb)
     n_items = H * nqb * B
 
+    has_tail = N % bk != 0
+    # Lazy rescaling (exact on every path); its one-trip loop form (see the kernel) runs on the TMA path only.
+    lazy = float(c.rescale_threshold) if c.rescale_threshold > 0 and q.dtype != torch.float32 else 0.0
+    one_trip = lazy > 0 and (not has_tail if c.one_trip is None else c.one_trip)
+    common.update(RESCALE_TH=lazy, ONE_TRIP=one_trip)
     if config is None and autotune_enabled():
         kernel = _autotuned(D, tma_ok)
 
         def grid(meta):
             return (n_items * (bq // meta["BLOCK_M"]),)
 
-        kernel[grid](*args, scale * LOG2E, HAS_TAIL=N % bk != 0, EVEN_M=N % bq == 0, **common)
+        kernel[grid](*args, scale * LOG2E, HAS_TAIL=has_tail, EVEN_M=N % bq == 0, **common)
     else:
         bm, bn = min(c.block_m, bq), min(c.block_n, bk)
         use_tma = c.use_tma and tma_ok
         _block_sparse_fwd[(n_items * (bq // bm),)](
             *args, scale * LOG2E,
-            BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=N % bk != 0, EVEN_M=N % bq == 0, USE_TMA=use_tma, PIPE_QK=c.pipe_qk,
+            BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=has_tail, EVEN_M=N % bq == 0, USE_TMA=use_tma, PIPE_QK=c.pipe_qk,
             num_warps=c.num_warps, num_stages=c.num_stages, **common,
         )
     return (out, lse) if return_lse else out

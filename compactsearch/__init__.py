@@ -5,6 +5,7 @@ Public API (stable names; modules are private):
     Pattern, FrameGroup, Window, build_layer_mask   the pattern language and pattern -> BlockSparseMask
     Config, load_config                             config format compactsearch/v1
     Profile                                         block-mass profiles
+    apply                                           run a pipeline with a config (context manager)
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ __all__ = [
     "Config",
     "load_config",
     "Profile",
+    "apply",
     "CompactSearchError",
     "InputError",
     "CheckFailed",
 ]
+
+
+def __getattr__(name: str):
+    # `apply` pulls in diffusers (through the adapters); import it on first use so the CLI starts fast.
+    if name == "apply":
+        from compactsearch.runtime import apply
+
+        return apply
+    raise AttributeError(f"module 'compactsearch' has no attribute {name!r}")

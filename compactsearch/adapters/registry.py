@@ -75,6 +75,16 @@ register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline l
                lambda dtype: wan.tiny_wan_pipeline(2, dtype))
 
 
+def _tiny_wan(dtype):
+    from compactsearch.tinymodel.model import load_tiny_pipeline
+
+    return load_tiny_pipeline(dtype=dtype)
+
+
+register_model("compactsearch/tiny-wan", "wan",
+               "the bundled tiny video DiT (8 layers, 4 heads x 64, pixel space, 8x32x32 px)", _tiny_wan)
+
+
 def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: str = "cpu",
                   offload: str = "none", base_dir: Path | None = None):
     """Build or load the pipeline named by a recipe's ``model`` section, on ``device``.

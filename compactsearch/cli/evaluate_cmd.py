@@ -1,0 +1,96 @@
+"""`compactsearch evaluate RECIPE --config C`: dense vs sparse PSNR / SSIM (/ LPIPS) and attention time per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).", show_default=False)],
+    config: Annotated[list[Path], typer.Option("--config", "-c", help="A config YAML; repeat to compare several.",
+                                               show_default=False)],
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file, one per line [default: the recipe's "
+                                                 "holdout_prompts].", show_default=False)] = None,
+    max_prompts: Annotated[int | None, typer.Option(min=1, help="Use only the first N prompts.",
+                                                    show_default=False)] = None,
+    baselines: Annotated[Path | None, typer.Option(help="The profile the (first) config was searched on: also "
+                                                   "evaluate the best single cube and the paper's greedy search "
+                                                   "at the same density.", show_default=False)] = None,
+    videos: Annotated[Path | None, typer.Option(help="Directory for dense | sparse side-by-side GIFs, one per "
+                                                "prompt and config.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
+                                               show_default=False)] = None,
+    backend: Annotated[str, typer.Option(help="Sparse kernel: auto, triton or reference.")] = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate held-out prompts dense and sparse with the same seeds and compare them.
+
+    Reports PSNR and SSIM against dense (LPIPS when the lpips package is installed), and attention time per
+    denoising step (dense run vs the sparse steps). Table on stderr; --json prints the numbers on stdout.
+
+    \b
+    Examples:
+        compactsearch evaluate recipes/tiny.yaml --config tiny-0.3.yaml
+        compactsearch evaluate recipes/tiny.yaml -c tiny-0.3.yaml --baselines profiles/tiny --videos out/
+        compactsearch evaluate recipes/wan2.1-t2v-1.3b-480p.yaml -c wan-0.3.yaml --prompts my.txt --json
+    """
+    import torch
+
+    from compactsearch.config import load_config
+    from compactsearch.errors import InputError
+    from compactsearch.evaluate import baseline_configs
+    from compactsearch.evaluate import evaluate as run_evaluate
+    from compactsearch.profile import Profile
+    from compactsearch.profile.recipe import load_recipe, read_prompts
+
+    r = load_recipe(recipe)
+    if prompts is not None:
+        plist = read_prompts(prompts, "--prompts file")
+    elif r.holdout_prompts:
+        plist = list(r.holdout_prompts)
+    else:
+        raise InputError(f"recipe {recipe} has no holdout_prompts: add them to the recipe or pass --prompts FILE")
+    plist = plist[:max_prompts] if max_prompts else plist
+    configs = {}
+    for path in config:
+        name = path.stem
+        while name in configs:
+            name += "'"
+        configs[name] = load_config(existing_file(path, "config"))
+    if baselines is not None:
+        if not baselines.exists():
+            raise InputError(f"--baselines {baselines} does not exist; give the profile directory")
+        configs.update(baseline_configs(Profile.load(baselines), next(iter(configs.values()))))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    total = len(plist) * (1 + len(configs))
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("", total=total)
+        report = run_evaluate(r, configs, plist, device=device, backend=backend, video_dir=videos,
+                              progress=lambda label: bar.update(task, advance=1, description=label))
+    data = report.to_json()
+    table = Table(title=f"{recipe}: {len(plist)} prompts, dense attention "
+                        f"{data['dense_attention_ms_per_step']:.2f} ms/step ({device})", title_justify="left")
+    for col in ("config", "density", "PSNR dB", "SSIM", "LPIPS", "attn ms/step", "speed-up"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for c in data["configs"]:
+        table.add_row(c["name"], f"{c['density']:.4f}", f"{c['psnr']:.2f}", f"{c['ssim']:.4f}",
+                      "-" if c["lpips"] is None else f"{c['lpips']:.4f}", f"{c['attention_ms_per_step']:.2f}",
+                      "-" if c["attention_speedup"] is None else f"{c['attention_speedup']:.2f}x")
+    console.print(table)
+    if device == "cpu":
+        console.print("attention times on a CPU come from the PyTorch reference, not the Triton kernel")
+    if report.videos:
+        console.print(f"wrote {len(report.videos)} side-by-side GIFs to {videos}")
+    if json_out:
+        print_json(data)

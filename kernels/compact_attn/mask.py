@@ -99,14 +99,18 @@ class BlockSparseMask:
         """From a bool block mask ``[H, NQB, NKB]`` (True = computed)."""
         if dense.dim() != 3 or dense.dtype != torch.bool:
             raise ValueError(f"dense must be a bool [H, NQB, NKB] tensor, got {dense.dtype} {tuple(dense.shape)}")
-        inverted = ~dense.cpu().numpy()
-        counts_np = dense.shape[-1] - np.count_nonzero(inverted, axis=-1)
+        H, nq, nk = dense.shape
+        d2 = dense.cpu().numpy().reshape(H * nq, nk)
+        counts_np = np.count_nonzero(d2, axis=1)
         maxk = max(int(counts_np.max()) if counts_np.size else 0, 1)
-        # Left-pack each row's True columns in ascending order: a stable sort of the inverted mask puts the
-        # True columns first, in order (numpy's stable sort of a 1-byte type is a linear-time radix sort).
-        order = np.argsort(inverted, axis=-1, kind="stable")[..., :maxk]
-        idx = torch.from_numpy(order.astype(np.int32)).to(dense.device)
-        counts = torch.from_numpy(counts_np.astype(np.int32)).to(dense.device)
+        # Left-pack each row's True columns in ascending order: the flat indices of the Trues are row-major, so
+        # subtracting each row's start gives the columns in order; a row's first `count` slots take them.
+        flat = np.flatnonzero(d2)
+        cols = (flat - np.repeat(np.arange(0, H * nq * nk, nk, dtype=np.int64), counts_np)).astype(np.int32)
+        packed = np.zeros((H * nq, maxk), np.int32)
+        packed[np.arange(maxk) < counts_np[:, None]] = cols
+        idx = torch.from_numpy(packed.reshape(H, nq, maxk)).to(dense.device)
+        counts = torch.from_numpy(counts_np.astype(np.int32).reshape(H, nq)).to(dense.device)
         return cls(counts, idx, block_q, block_k, seq_len, check=False)
 
     @classmethod

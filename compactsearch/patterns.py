@@ -373,8 +373,13 @@ def build_masks(layers: Sequence[Sequence[Pattern]], layout: TileLayout, workers
     if workers <= 1 or len(layers) <= 1:
         return [build_layer_mask(p, layout) for p in layers]
     _regions(layout)  # fill the layout's cache once, before the threads share it
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: build_layer_mask(p, layout), layers))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))  # one core per worker: no oversubscription
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda p: build_layer_mask(p, layout), layers))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pattern_token_density(pattern: Pattern, layout: TileLayout) -> float:

@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from compactsearch.cli import inspect_cmd, profile_cmd, report_cmd, search_cmd, validate_cmd
+from compactsearch.cli import evaluate_cmd, generate_cmd, inspect_cmd, profile_cmd, report_cmd, search_cmd, validate_cmd
 from compactsearch.cli._common import state
 from compactsearch.errors import CompactSearchError
 
@@ -48,6 +48,8 @@ app.command("profile")(profile_cmd.profile)
 app.command("search")(search_cmd.search)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("generate")(generate_cmd.generate)
+app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("report")(report_cmd.report)
 
 

@@ -1,0 +1,169 @@
+"""CPU benchmark of `compactsearch report` at Wan2.1-14B 720p size: 40 layers x 40 heads x 3 buckets.
+
+Builds (once; reused from ``--work`` afterwards) a synthetic profile of the Wan-14B 720p geometry (21x45x80
+latent tokens, tile 4x8x8, 591 x 591 blocks of 128 per head), every head a planted pattern (local, cross,
+global, time-decaying or far-frame, sizes varied per head; `tests/planted.py`) plus noise, with its statistics
+table, and a config whose patterns are the planted ones. Then times, in a fresh process::
+
+    compactsearch report PROFILE --config CONFIG --head 20.7 --out DIR
+
+The acceptance target is <= 5 minutes on the CPU::
+
+    python benchmarks/report.py                        # profile in /tmp/compactsearch-bench-report (~3.3 GB)
+    python benchmarks/report.py --recompute-stats      # also time a profile without its statistics table
+
+The profile takes a few minutes to build (float16, as `Profile.save` always writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
+
+from planted import planted_mass  # noqa: E402
+
+from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig  # noqa: E402
+from compactsearch.geometry import VideoGeometry  # noqa: E402
+from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
+from compactsearch.profile.stats import head_stats  # noqa: E402
+from compactsearch.profile.store import Profile  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
+
+GEOMETRY = VideoGeometry(21, 45, 80)
+TILE = (4, 8, 8)
+LAYERS, HEADS = 40, 40
+BUCKETS = [(15, 25), (25, 35), (35, 50)]
+STEPS, WARMUP = 50, 15
+
+
+def head_pattern(grid: tuple[int, int, int], rng: random.Random) -> Pattern:
+    """A random planted pattern of one of five kinds, sized per head."""
+    nt, nh, nw = grid
+    kind = rng.choice(["local", "local", "cross", "global", "decay", "far"])
+    if kind == "local":
+        return Pattern.local(rng.randint(0, 2), rng.randint(1, 4), rng.randint(1, 6))
+    if kind == "cross":
+        return Pattern((FrameGroup(0, rng.randint(1, nt - 1), (Window(rng.randint(1, 2), nw),
+                                                                Window(nh, rng.randint(1, 3)))),))
+    if kind == "global":
+        return Pattern.local(nt - 1, nh, rng.randint(nw - 3, nw))
+    if kind == "decay":
+        return Pattern((FrameGroup(0, 0, (Window(rng.randint(3, nh), rng.randint(4, nw)),)),
+                        FrameGroup(1, 1, (Window(rng.randint(2, 3), rng.randint(2, 5)),)),
+                        FrameGroup(2, nt - 1, (Window(1, rng.randint(1, 3)),))))
+    return Pattern((FrameGroup(0, 0, (Window(rng.randint(2, 4), rng.randint(2, 6)),)),
+                    FrameGroup(2, nt - 1, (Window(1, nw),))))
+
+
+def planted_patterns(bucket: int, layer: int, grid) -> list[Pattern]:
+    rng = random.Random(1000 * bucket + layer)
+    return [head_pattern(grid, rng) for _ in range(HEADS)]
+
+
+class SyntheticProfile(Profile):
+    """Mass generated per (bucket, layer) on demand, so `save` streams it to disk; stats gathered on the way."""
+
+    @property
+    def stats(self) -> pd.DataFrame:
+        return pd.DataFrame(self.__dict__.setdefault("_rows", []))
+
+    @stats.setter
+    def stats(self, value) -> None:
+        self.__dict__.setdefault("_rows", [])
+
+    def mass(self, bucket: int, layer: int) -> torch.Tensor:
+        if self.root is not None:
+            return super().mass(bucket, layer)
+        layout = TileLayout(GEOMETRY, TILE, 128)
+        gen = torch.Generator().manual_seed(1000 * bucket + layer)
+        m = torch.stack([planted_mass(layout, p, 0.95, 0.0, gen)
+                         for p in planted_patterns(bucket, layer, layout.grid_thw)])
+        self.__dict__["_rows"] += [{"bucket": bucket, "layer": layer, "head": h, "prompt": -1, **s}
+                                   for h, s in enumerate(head_stats(m, layout))]
+        return m
+
+
+def build(path: Path, config_path: Path) -> None:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    prof = SyntheticProfile(geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS, tile=TILE, block_size=128,
+                            buckets=BUCKETS, num_steps=STEPS, model={"id": "synthetic-wan2.1-14b-720p",
+                                                                    "adapter": "wan", "heads": HEADS, "head_dim": 128},
+                            recipe={"profile": {"dense_warmup": WARMUP}})
+    t = time.perf_counter()
+    prof.save(path)
+    print(f"built {path} in {time.perf_counter() - t:.0f} s", flush=True)
+    grid = TileLayout(GEOMETRY, TILE, 128).grid_thw
+    buckets = tuple(Bucket(rng, tuple(LayerConfig(l, tuple(HeadConfig(h, p) for h, p in
+                                                           enumerate(planted_patterns(b, l, grid))))
+                                      for l in range(LAYERS)))
+                    for b, rng in enumerate(BUCKETS))
+    Config(model_id="synthetic-wan2.1-14b-720p", adapter="wan", geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS,
+           head_dim=128, tile=TILE, block_size=128, num_steps=STEPS, dense_warmup=WARMUP, buckets=buckets,
+           provenance={"kind": "planted"}).save(config_path)
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")])}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if res.returncode:
+        print(res.stderr[-3000:])
+        raise SystemExit(res.returncode)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, res.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/compactsearch-bench-report"))
+    ap.add_argument("--head", default="20.7")
+    ap.add_argument("--recompute-stats", action="store_true",
+                    help="also time a copy of the profile without stats.parquet (labels recomputed from the mass)")
+    args = ap.parse_args()
+    prof_dir, config = args.work / "wan14b-720p-profile", args.work / "planted-config.yaml"
+    if not (prof_dir / "profile.yaml").exists() or not config.exists():
+        build(prof_dir, config)
+    out = args.work / "report"
+
+    def cmd(profile: Path, out: Path) -> list[str]:
+        return [sys.executable, "-m", "compactsearch", "report", str(profile), "--config", str(config), "--head",
+                args.head, "--out", str(out), "--json"]
+
+    wall, cpu, stdout = timed(cmd(prof_dir, out))
+    res = json.loads(stdout)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"cores {os.cpu_count()}, {LAYERS} layers x {HEADS} heads x {len(BUCKETS)} buckets, "
+          f"{TileLayout(GEOMETRY, TILE, 128).num_blocks} blocks per side")
+    print(f"report wall time {wall:.1f} s ({wall / 60:.2f} min), CPU time {cpu:.0f} s; {len(res['figures'])} figures, "
+          f"{size / 1e6:.1f} MB written; summary {json.dumps(res['summary'].get('config', {}))}")
+    if args.recompute_stats:
+        bare = args.work / "profile-without-stats"
+        if bare.exists():
+            shutil.rmtree(bare)
+        shutil.copytree(prof_dir, bare, copy_function=os.link)  # hard links: no copy of the mass
+        (bare / "stats.parquet").unlink()  # unlink first: writing through the hard link would change the original
+        pd.DataFrame({"bucket": []}).to_parquet(bare / "stats.parquet")
+        wall, cpu, _ = timed(cmd(bare, args.work / "report-recomputed"))
+        print(f"without stats.parquet (labels recomputed): wall time {wall:.1f} s ({wall / 60:.2f} min), "
+              f"CPU time {cpu:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -313,18 +313,20 @@ def load_config(path: Path) -> Config:
         raise InputError(f"config {path}: {e}") from e
 
 
-def summarize(config: Config) -> dict:
-    """Whole-config numbers: block density over sparse steps and all steps, recall mean/min where known."""
-    layout = config.layout()
-    nb = layout.num_blocks
-    per_bucket = []
-    recalls = []
-    for bi, b in enumerate(config.buckets):
-        blocks = 0
-        for li in range(len(b.layers)):
-            blocks += config.layer_mask(bi, li, layout).computed_blocks()
-        per_bucket.append(blocks / (config.num_layers * config.num_heads * nb * nb))
-        recalls += [h.recall for lc in b.layers for h in lc.heads if h.recall is not None]
+def summarize(config: Config, bucket_blocks: list[int] | None = None) -> dict:
+    """Whole-config numbers: block density over sparse steps and all steps, recall mean/min where known.
+
+    Args:
+        bucket_blocks: computed blocks per bucket (all layers and heads), when the caller already knows them
+            (the search does); otherwise every mask is built to count them.
+    """
+    nb = config.layout().num_blocks
+    if bucket_blocks is None:
+        masks = config.masks()
+        bucket_blocks = [sum(masks[(bi, li)].computed_blocks() for li in range(len(b.layers)))
+                         for bi, b in enumerate(config.buckets)]
+    per_bucket = [n / (config.num_layers * config.num_heads * nb * nb) for n in bucket_blocks]
+    recalls = [h.recall for b in config.buckets for lc in b.layers for h in lc.heads if h.recall is not None]
     sparse_steps = [b.steps[1] - b.steps[0] for b in config.buckets]
     total_sparse = sum(sparse_steps)
     density_sparse = sum(d * n for d, n in zip(per_bucket, sparse_steps)) / max(total_sparse, 1)

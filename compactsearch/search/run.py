@@ -38,7 +38,7 @@ import optuna
 import torch
 
 from compactsearch import __version__
-from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
+from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig, summarize
 from compactsearch.errors import InputError
 from compactsearch.profile.store import Profile
 from compactsearch.search.baselines import min_pattern
@@ -495,34 +495,15 @@ def _recheck(store: _Store, deferred: list) -> list:
 
 
 def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int], nb: int) -> dict:
-    """`compactsearch.config.summarize`'s numbers from known per-head block counts (no mask is rebuilt).
+    """`compactsearch.config.summarize` from known per-head block counts (no mask is rebuilt).
 
     ``blocks`` is keyed by (profile bucket index, layer, head) in the order of ``config.buckets``; the tests check
     that the result equals ``summarize(config)``.
     """
-    L, H = config.num_layers, config.num_heads
-    per_bucket, recalls = [], []
     by_bucket: dict[int, int] = {}
     for (b, _, _), n in blocks.items():
         by_bucket[b] = by_bucket.get(b, 0) + n
-    for b, bucket in zip(sorted(by_bucket), config.buckets, strict=True):
-        per_bucket.append(by_bucket[b] / (L * H * nb * nb))
-        recalls += [h.recall for lc in bucket.layers for h in lc.heads if h.recall is not None]
-    sparse_steps = [b.steps[1] - b.steps[0] for b in config.buckets]
-    total_sparse = sum(sparse_steps)
-    density_sparse = sum(d * n for d, n in zip(per_bucket, sparse_steps, strict=True)) / max(total_sparse, 1)
-    density_all = (density_sparse * total_sparse + (config.num_steps - total_sparse)) / config.num_steps
-    out = {
-        "density": round(density_sparse, 5),
-        "density_all_steps": round(density_all, 5),
-        "bucket_density": [round(x, 5) for x in per_bucket],
-        "est_attention_speedup": round(1.0 / density_all, 3),
-    }
-    if recalls:
-        t = torch.tensor(recalls)
-        out["recall_mean"] = round(float(t.mean()), 5)
-        out["recall_min"] = round(float(t.min()), 5)
-    return out
+    return summarize(config, [by_bucket[b] for b in sorted(by_bucket)])
 
 
 def _build_config(profile, profile_path, settings, results, searched, decision, to_cost, split, cost_model, key,

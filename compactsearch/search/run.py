@@ -494,7 +494,7 @@ def _recheck(store: _Store, deferred: list) -> list:
     return out
 
 
-def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int], nb: int) -> dict:
+def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int]) -> dict:
     """`compactsearch.config.summarize` from known per-head block counts (no mask is rebuilt).
 
     ``blocks`` is keyed by (profile bucket index, layer, head) in the order of ``config.buckets``; the tests check
@@ -596,7 +596,7 @@ def _build_config(profile, profile_path, settings, results, searched, decision, 
         search=search_block,
         provenance=provenance,
     )
-    summary = summary_from_blocks(config, {k: p.blocks for k, p in chosen.items()}, nb)
+    summary = summary_from_blocks(config, {k: p.blocks for k, p in chosen.items()})
     summary["cost_vs_dense"] = round(alloc.cost, 5)
     summary["recall_floor"] = floor
     summary["heads_below_floor"] = len(below)

@@ -23,7 +23,6 @@ import functools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from compact_attn import reference
 from compact_attn._config import MassConfig
 from compact_attn.mass_kernel import block_mass_triton
+from compactsearch.kernel_bench import median_ms  # noqa: E402
 
 # name: (tokens, heads, head_dim)
 SHAPES = {
@@ -52,19 +52,7 @@ SWEEP = [
 ]
 
 
-def bench(fn, reps: int) -> float:
-    """Median milliseconds of ``reps`` runs after one warm-up, timed with CUDA events."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+bench = median_ms  # median ms after one warm-up, CUDA events (shared with `compactsearch validate`)
 
 
 def cudnn_ms(q, k, v, reps: int) -> tuple[float, torch.Tensor]:

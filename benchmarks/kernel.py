@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import statistics
 import sys
 import time
 import types
@@ -46,6 +45,7 @@ from compact_attn import BlockSparseMask  # noqa: E402
 from compact_attn._config import AttnConfig  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
+from compactsearch.kernel_bench import median_ms  # noqa: E402
 from compactsearch.patterns import (  # noqa: E402
     FrameGroup,
     Pattern,
@@ -172,19 +172,7 @@ def build_masks(name: str, geometry: VideoGeometry, heads: int, densities, devic
 
 
 # ------------------------------------------------------------------------------------------- timing/check
-def bench(fn, reps: int) -> float:
-    """Median milliseconds of ``reps`` runs after one warm-up, timed with CUDA events."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+bench = median_ms  # median ms after one warm-up, CUDA events (shared with `compactsearch validate`)
 
 
 def sample_check(q, k, v, mask: BlockSparseMask, o: torch.Tensor, n_random: int = 2, seed: int = 0) -> dict:

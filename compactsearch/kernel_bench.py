@@ -10,10 +10,11 @@ import statistics
 
 import torch
 
-__all__ = ["time_against_dense"]
+__all__ = ["time_against_dense", "median_ms"]
 
 
-def _median_ms(fn, reps: int) -> float:
+def median_ms(fn, reps: int) -> float:
+    """Median milliseconds of ``reps`` runs of ``fn`` after one warm-up, timed with CUDA events."""
     fn()
     torch.cuda.synchronize()
     times = []
@@ -47,7 +48,7 @@ def time_against_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, 
 
     if q.device.type != "cuda":
         raise ValueError(f"time_against_dense needs CUDA tensors, got {q.device}")
-    ms_sparse = _median_ms(lambda: block_sparse_attention(q, k, v, mask, backend="triton"), reps)
+    ms_sparse = median_ms(lambda: block_sparse_attention(q, k, v, mask, backend="triton"), reps)
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        ms_dense = _median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), reps)
+        ms_dense = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), reps)
     return {"ms_sparse": ms_sparse, "ms_dense_cudnn": ms_dense, "speedup": ms_dense / ms_sparse}

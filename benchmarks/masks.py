@@ -38,13 +38,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--config", type=str, default=None, help="time this config's masks instead (one bucket)")
+    ap.add_argument("--bucket", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    geometry = VideoGeometry(21, 45, 80)
-    tile, block = default_tiling(geometry)
-    layout = TileLayout(geometry, tile, block)
-    rng = random.Random(0)
-    layers = [[random_pattern(rng, layout.grid_thw) for _ in range(40)] for _ in range(40)]
+    if args.config:
+        from compactsearch.config import load_config
+
+        cfg = load_config(args.config)
+        layout = cfg.layout()
+        layers = [lc.patterns() for lc in cfg.buckets[args.bucket].layers]
+        geometry = cfg.geometry
+        distinct = sum(len(set(p)) for p in layers) / len(layers)
+        kind = f"config {args.config} bucket {args.bucket}, {distinct:.1f} distinct patterns per layer on average"
+    else:
+        geometry = VideoGeometry(21, 45, 80)
+        tile, block = default_tiling(geometry)
+        layout = TileLayout(geometry, tile, block)
+        rng = random.Random(0)
+        layers = [[random_pattern(rng, layout.grid_thw) for _ in range(40)] for _ in range(40)]
+        kind = "distinct random patterns"
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -52,7 +65,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     density = sum(m.density() for m in masks) / len(masks)
     print(f"{geometry.describe()}, {layout.describe()}")
-    print(f"40 layers x 40 heads, distinct random patterns, mean density {density:.3f}")
+    print(f"{len(layers)} layers x {len(layers[0])} heads, {kind}, mean density {density:.3f}")
     print(f"all masks: median {statistics.median(times):.3f} s over {args.repeats} runs "
           f"({args.threads} threads; runs: {', '.join(f'{t:.3f}' for t in times)})")
 

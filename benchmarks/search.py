@@ -1,8 +1,8 @@
 """CPU benchmark of `compactsearch search` at Wan2.1-14B 720p size: 40 layers x 40 heads x 3 buckets.
 
 Builds (once; reused from ``--work`` afterwards) a synthetic profile of the Wan-14B 720p geometry (21x45x80
-latent tokens, tile 4x8x8, 591 x 591 blocks of 128 per head): every head is a planted pattern (local, cross,
-global, time-decaying or far-frame, with sizes varied per head; `tests/planted.py`) plus noise. Then runs
+latent tokens, default tiling (tile 4x8x4), 591 x 591 blocks of 128 per head): every head is a planted pattern
+(local, cross, global, time-decaying or far-frame, with sizes varied per head; `tests/planted.py`) plus noise. Then runs
 ``compactsearch search PROFILE --budget 0.3`` with default settings (workers = CPU cores) in a fresh process and
 prints its wall time; the acceptance target is <= 10 minutes on a 2-core machine::
 
@@ -34,10 +34,10 @@ from planted import planted_mass  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
 from compactsearch.profile.store import Profile  # noqa: E402
-from compactsearch.tiling import TileLayout  # noqa: E402
+from compactsearch.tiling import TileLayout, default_tiling  # noqa: E402
 
 GEOMETRY = VideoGeometry(21, 45, 80)
-TILE = (4, 8, 8)
+TILE = default_tiling(GEOMETRY)[0]  # (4, 8, 4), one 128-token block per tile
 LAYERS, HEADS = 40, 40
 BUCKETS = [(15, 25), (25, 35), (35, 50)]
 

@@ -34,11 +34,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
 
-from planted import planted_mass  # noqa: E402
+from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
+from compactsearch.patterns import Pattern  # noqa: E402
 from compactsearch.profile.stats import head_stats  # noqa: E402
 from compactsearch.profile.store import Profile  # noqa: E402
 from compactsearch.tiling import TileLayout  # noqa: E402
@@ -50,28 +50,9 @@ BUCKETS = [(15, 25), (25, 35), (35, 50)]
 STEPS, WARMUP = 50, 15
 
 
-def head_pattern(grid: tuple[int, int, int], rng: random.Random) -> Pattern:
-    """A random planted pattern of one of five kinds, sized per head."""
-    nt, nh, nw = grid
-    kind = rng.choice(["local", "local", "cross", "global", "decay", "far"])
-    if kind == "local":
-        return Pattern.local(rng.randint(0, 2), rng.randint(1, 4), rng.randint(1, 6))
-    if kind == "cross":
-        return Pattern((FrameGroup(0, rng.randint(1, nt - 1), (Window(rng.randint(1, 2), nw),
-                                                                Window(nh, rng.randint(1, 3)))),))
-    if kind == "global":
-        return Pattern.local(nt - 1, nh, rng.randint(nw - 3, nw))
-    if kind == "decay":
-        return Pattern((FrameGroup(0, 0, (Window(rng.randint(3, nh), rng.randint(4, nw)),)),
-                        FrameGroup(1, 1, (Window(rng.randint(2, 3), rng.randint(2, 5)),)),
-                        FrameGroup(2, nt - 1, (Window(1, rng.randint(1, 3)),))))
-    return Pattern((FrameGroup(0, 0, (Window(rng.randint(2, 4), rng.randint(2, 6)),)),
-                    FrameGroup(2, nt - 1, (Window(1, nw),))))
-
-
 def planted_patterns(bucket: int, layer: int, grid) -> list[Pattern]:
     rng = random.Random(1000 * bucket + layer)
-    return [head_pattern(grid, rng) for _ in range(HEADS)]
+    return [random_head_pattern(grid, rng) for _ in range(HEADS)]
 
 
 class SyntheticProfile(Profile):

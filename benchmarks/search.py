@@ -29,10 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
 
-from planted import planted_mass  # noqa: E402
+from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
 from compactsearch.profile.store import Profile  # noqa: E402
 from compactsearch.tiling import TileLayout, default_tiling  # noqa: E402
 
@@ -40,25 +39,6 @@ GEOMETRY = VideoGeometry(21, 45, 80)
 TILE = default_tiling(GEOMETRY)[0]  # (4, 8, 4), one 128-token block per tile
 LAYERS, HEADS = 40, 40
 BUCKETS = [(15, 25), (25, 35), (35, 50)]
-
-
-def head_pattern(grid: tuple[int, int, int], rng: random.Random) -> Pattern:
-    """A random planted pattern of one of five kinds, sized per head."""
-    nt, nh, nw = grid
-    kind = rng.choice(["local", "local", "cross", "global", "decay", "far"])
-    if kind == "local":
-        return Pattern.local(rng.randint(0, 2), rng.randint(1, 4), rng.randint(1, 6))
-    if kind == "cross":
-        return Pattern((FrameGroup(0, rng.randint(1, nt - 1), (Window(rng.randint(1, 2), nw),
-                                                                Window(nh, rng.randint(1, 3)))),))
-    if kind == "global":
-        return Pattern.local(nt - 1, nh, rng.randint(nw - 3, nw))
-    if kind == "decay":
-        return Pattern((FrameGroup(0, 0, (Window(rng.randint(3, nh), rng.randint(4, nw)),)),
-                        FrameGroup(1, 1, (Window(rng.randint(2, 3), rng.randint(2, 5)),)),
-                        FrameGroup(2, nt - 1, (Window(1, rng.randint(1, 3)),))))
-    return Pattern((FrameGroup(0, 0, (Window(rng.randint(2, 4), rng.randint(2, 6)),)),
-                    FrameGroup(2, nt - 1, (Window(1, nw),))))
 
 
 class SyntheticProfile(Profile):
@@ -70,7 +50,7 @@ class SyntheticProfile(Profile):
         layout = TileLayout(GEOMETRY, TILE, 128)
         rng = random.Random(1000 * bucket + layer)
         gen = torch.Generator().manual_seed(1000 * bucket + layer)
-        return torch.stack([planted_mass(layout, head_pattern(layout.grid_thw, rng), 0.95, 0.0, gen)
+        return torch.stack([planted_mass(layout, random_head_pattern(layout.grid_thw, rng), 0.95, 0.0, gen)
                             for _ in range(HEADS)])
 
 

@@ -248,27 +248,13 @@ def tile_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
 
 
 def _blocks_or(x: torch.Tensor, layout: TileLayout, dim: int) -> torch.Tensor:
-    """Collapse the tile axis ``dim`` of ``x`` to video blocks: OR over the tiles each block covers.
-
-    Blocks inside one tile (all full-tile blocks) are a plain gather; the few blocks that straddle several
-    partial tiles OR a short contiguous range of tiles.
-    """
+    """Collapse the tile axis ``dim`` of bool ``x`` to video blocks: OR over the tiles each block covers."""
     first, last = layout.block_first_tile, layout.block_last_tile
-    if layout.tile_tokens == layout.block_size and layout.num_full_tiles == layout.num_tiles:
-        return x  # every block is exactly one tile
-    # Leading blocks that are exactly one tile each (one-block tiles): a plain copy, no gather.
-    lead = layout.num_full_tiles if layout.tile_tokens == layout.block_size else 0
-    rest = x.index_select(dim, first[lead:])
-    multi = torch.nonzero(last[lead:] > first[lead:]).flatten()
-    if multi.numel():
-        f, l = first[lead:][multi], last[lead:][multi]
-        span = int((l - f).max()) + 1
-        idx = torch.clamp(f[:, None] + torch.arange(span), max=l[:, None])  # [m, span]
-        picked = x.index_select(dim, idx.flatten())
-        shape = list(x.shape)
-        shape[dim : dim + 1] = [multi.numel(), span]
-        rest.index_copy_(dim, multi, picked.view(shape).any(dim + 1))
-    return torch.cat([x.narrow(dim, 0, lead), rest], dim=dim) if lead else rest
+    if bool((first == last).all()):  # every block lies inside one tile
+        if layout.tile_tokens == layout.block_size and layout.num_full_tiles == layout.num_tiles:
+            return x  # ... and every tile is one block
+        return x.index_select(dim, first)
+    return _range_any(x, first, last, dim)
 
 
 def block_masks_from_tile_masks(tmasks: torch.Tensor, layout: TileLayout) -> torch.Tensor:
@@ -298,7 +284,7 @@ def pattern_block_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
     """``[num_blocks, num_blocks]`` bool block mask of one head."""
     if pattern.is_dense:
         return torch.ones(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
-    return block_mask_from_tile_mask(tile_mask(pattern, layout), layout)
+    return layer_block_masks([pattern], layout)[0]
 
 
 def layer_block_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:

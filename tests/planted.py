@@ -13,6 +13,8 @@ window at dt 0 plus a thin band at one larger distance range).
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from compactsearch.geometry import VideoGeometry
@@ -20,7 +22,7 @@ from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_ma
 from compactsearch.profile.store import Profile
 from compactsearch.tiling import TileLayout
 
-__all__ = ["KINDS", "kind_pattern", "planted_mass", "planted_profile", "block_dt"]
+__all__ = ["KINDS", "kind_pattern", "random_head_pattern", "planted_mass", "planted_profile", "block_dt"]
 
 KINDS = ("local", "cross", "global", "decay", "far")
 
@@ -57,6 +59,25 @@ def block_dt(layout: TileLayout) -> torch.Tensor:
     out = torch.zeros(nb, nb, dtype=torch.int64)
     out[:nvb, :nvb] = (t[:, None] - t[None, :]).abs()
     return out
+
+
+def random_head_pattern(grid: tuple[int, int, int], rng: random.Random) -> Pattern:
+    """A random planted pattern of one of five kinds, sized per head (the search and report benchmarks)."""
+    nt, nh, nw = grid
+    kind = rng.choice(["local", "local", "cross", "global", "decay", "far"])
+    if kind == "local":
+        return Pattern.local(rng.randint(0, 2), rng.randint(1, 4), rng.randint(1, 6))
+    if kind == "cross":
+        return Pattern((FrameGroup(0, rng.randint(1, nt - 1), (Window(rng.randint(1, 2), nw),
+                                                                Window(nh, rng.randint(1, 3)))),))
+    if kind == "global":
+        return Pattern.local(nt - 1, nh, rng.randint(nw - 3, nw))
+    if kind == "decay":
+        return Pattern((FrameGroup(0, 0, (Window(rng.randint(3, nh), rng.randint(4, nw)),)),
+                        FrameGroup(1, 1, (Window(rng.randint(2, 3), rng.randint(2, 5)),)),
+                        FrameGroup(2, nt - 1, (Window(1, rng.randint(1, 3)),))))
+    return Pattern((FrameGroup(0, 0, (Window(rng.randint(2, 4), rng.randint(2, 6)),)),
+                    FrameGroup(2, nt - 1, (Window(1, nw),))))
 
 
 def planted_mass(

@@ -37,7 +37,7 @@ import torch
 
 from compactsearch._io import read_yaml
 from compactsearch.errors import InputError
-from compactsearch.patterns import Pattern, tile_mask
+from compactsearch.patterns import Pattern, pattern_block_mask
 from compactsearch.tiling import TileLayout
 
 __all__ = ["LayoutTables", "HeadTables", "ExactScorer", "ExactScore", "CostModel", "block_shares"]
@@ -245,17 +245,11 @@ class ExactScore:
 class ExactScorer:
     """Exact recall and cost against the kernel's block mask, with a per-layout LRU cache of masks.
 
-    The mask equals `compactsearch.patterns.pattern_block_mask` (tested); it is built from the core
-    `tile_mask` and an OR over the (at most a few) tiles each block covers.
+    The mask is `compactsearch.patterns.pattern_block_mask`'s; this class adds the cache and block counts.
     """
 
     def __init__(self, layout: TileLayout, cache_size: int = 256):
         self.layout = layout
-        self.nb = layout.num_blocks
-        nvq = layout.num_video_blocks
-        first, last = layout.block_first_tile, layout.block_last_tile
-        span = int((last - first).max()) + 1 if nvq else 1
-        self._pos = [torch.minimum(first + s, last) for s in range(span)]
         self._cache: OrderedDict[Pattern, torch.Tensor] = OrderedDict()
         self._blocks: dict[Pattern, int] = {}
         self.cache_size = cache_size
@@ -266,33 +260,12 @@ class ExactScorer:
         if m is not None:
             self._cache.move_to_end(pattern)
             return m
-        m = self._build(pattern)
+        m = pattern_block_mask(pattern, self.layout)
         self._cache[pattern] = m
         self._blocks[pattern] = int(m.sum())
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return m
-
-    def _build(self, pattern: Pattern) -> torch.Tensor:
-        layout, nb = self.layout, self.nb
-        if pattern.is_dense:
-            return torch.ones(nb, nb, dtype=torch.bool)
-        tm = tile_mask(pattern, layout)
-        rows = tm[self._pos[0]]
-        for p in self._pos[1:]:
-            rows = rows | tm[p]
-        video = rows[:, self._pos[0]]
-        for p in self._pos[1:]:
-            video = video | rows[:, p]
-        nvb = layout.num_video_blocks
-        if nb == nvb and layout.geometry.text_tokens == 0:
-            return video
-        out = torch.ones(nb, nb, dtype=torch.bool)
-        out[:nvb, :nvb] = video
-        t0 = layout.text_block_start
-        out[t0:, :] = True
-        out[:, t0:] = True
-        return out
 
     def blocks(self, pattern: Pattern) -> int:
         """Kernel blocks computed (head-independent; cached)."""

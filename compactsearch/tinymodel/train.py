@@ -285,12 +285,9 @@ def train(s: TrainSettings, progress=None) -> TrainResult:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"},
     }
-    try:
-        import diffusers
+    import diffusers
 
-        log["environment"]["diffusers"] = diffusers.__version__
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        pass
+    log["environment"]["diffusers"] = diffusers.__version__
     log_path = out / "train_log.json"
     atomic_write_text(log_path, json.dumps(log, indent=2) + "\n")
     return TrainResult(step, seconds, first_loss, log["loss_last"], weights, nbytes, log_path, samples, losses)

@@ -123,6 +123,10 @@ def test_usage_errors_exit_2(config_file, capsys):
     assert run(["validate"], capsys)[0] == 2
     assert run(["inspect", str(config_file), "--head", "1"], capsys)[0] == 2
     assert run(["inspect", str(config_file), "--layer", "9"], capsys)[0] == 2
+    for argv in (["validate"], ["inspect", str(config_file), "--layer", "abc"], ["bogus"]):
+        code, out, err = run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], err
 
 
 def test_inspect_table_and_picture(config_file, capsys):

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     except _ABORTS:
         print("aborted", file=sys.stderr)
         code = 130
-    except _CLICK_ERRORS as e:
-        e.show(file=sys.stderr)
+    except _CLICK_ERRORS as e:  # usage errors: one line like every other error, with where to look
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)
         code = 2
     except CompactSearchError as e:
         if state.debug:

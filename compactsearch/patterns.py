@@ -300,31 +300,102 @@ def layer_block_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.
     return masks[torch.tensor([where[p] for p in patterns])]
 
 
+def _factors(patterns: Sequence[Pattern], layout: TileLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pattern and frame group, the temporal ``[P, G, nt, nt]`` and spatial ``[P, G, ns, ns]`` uint8 0/1
+    factors of the tile mask (``ns = nh*nw``, raster order); a dense pattern is one all-ones group. The groups
+    of a pattern cover disjoint distance ranges, so at most one group's temporal factor is 1 per tile pair."""
+    nt, nh, nw = layout.grid_thw
+    ns, P = nh * nw, len(patterns)
+    G = max([len(p.groups) for p in patterns if not p.is_dense] + [1])
+    # uint8 0/1 factors: broadcast uint8 products vectorise far better on CPU than bool ANDs or matmuls.
+    temporal = torch.zeros(P, G, nt, nt, dtype=torch.uint8)
+    spatial = torch.zeros(P, G, ns, ns, dtype=torch.uint8)
+    ar = torch.arange(nt)
+    dist = (ar[:, None] - ar[None, :]).abs()
+    for pi, p in enumerate(patterns):
+        if p.is_dense:
+            temporal[pi, 0] = 1
+            spatial[pi, 0] = 1
+            continue
+        for gi, g in enumerate(p.groups):
+            temporal[pi, gi] = (dist >= g.dt_lo) & (dist <= g.dt_hi)
+            spatial[pi, gi] = _spatial(nh, nw, g.windows)
+    return temporal, spatial
+
+
+def _kron_into(out: torch.Tensor, temporal: torch.Tensor, spatial: torch.Tensor, a: tuple, b: tuple) -> None:
+    """Write the tile mask of region ``a``'s tiles (rows) x region ``b``'s tiles (columns), both in raster order
+    inside their region, into ``out`` (uint8 ``[P, |a|, |b|]``, any strides): per pattern the OR over groups of
+    temporal x spatial factor, a Kronecker product. ``a`` and ``b`` are ``(t, h, w)`` slices of the tile grid;
+    ``spatial`` is ``[P, G, nh, nw, nh, nw]``."""
+    (ta, ha, wa), (tb, hb, wb) = a, b
+    tg = temporal[:, :, ta, tb]  # [P, G, At, Bt]
+    sg = spatial[:, :, ha, wa, hb, wb]  # [P, G, Ah, Aw, Bh, Bw]
+    o = out.view(out.shape[0], tg.shape[2], sg.shape[2], sg.shape[3], tg.shape[3], sg.shape[4], sg.shape[5])
+    torch.mul(tg[:, 0, :, None, None, :, None, None], sg[:, 0, None, :, :, None, :, :], out=o)
+    for g in range(1, tg.shape[1]):  # disjoint groups: + is OR
+        o.addcmul_(tg[:, g, :, None, None, :, None, None], sg[:, g, None, :, :, None, :, :])
+
+
+def _range_or_rows(x: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """OR of the rows ``first[i] .. last[i]`` (inclusive) of bool ``x`` ``[P, n, W]``: ``[P, len(first), W]``.
+
+    A sparse table: level k holds the OR of 2^k consecutive rows, so every range is two (overlapping) rows of
+    the level below its length, and the work is ``log2(longest range)`` passes over ``x``, whatever the ranges.
+    """
+    P, n, W = x.shape
+    span = (last - first + 1).tolist()
+    levels = max(span).bit_length()
+    table = torch.empty(P, levels, n, W, dtype=torch.bool)
+    table[:, 0] = x
+    for k in range(1, levels):
+        h = 1 << (k - 1)
+        torch.bitwise_or(table[:, k - 1, : n - h], table[:, k - 1, h:], out=table[:, k, : n - h])
+    k = torch.tensor([s.bit_length() - 1 for s in span])
+    flat = table.view(P, levels * n, W)
+    return flat.index_select(1, k * n + first) | flat.index_select(1, k * n + last - (1 << k) + 1)
+
+
 def _one_block_tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
     """`block_masks_from_tile_masks(tile_masks(...))` for one-block tiles, without the full tile mask.
 
-    Full tile ``i`` is block ``i``, so the full x full piece is written straight into the block mask; only the
-    rows and columns of partial tiles go through the OR over each tail block's tile range.
+    Full tile ``i`` is block ``i``, so the full x full piece is written straight into the block mask. The rows
+    of partial tiles, in raster order inside each region, go into ``bottom``; put in sequence order they are
+    OR-ed over each tail block's tile range. The columns of partial tiles are built transposed (the spatial
+    factor transposed; the temporal one is symmetric), so their range OR is over rows too: no column gathers.
     """
     P, nb, nvb, F = len(patterns), layout.num_blocks, layout.num_video_blocks, layout.num_full_tiles
     n = layout.num_tiles
+    nt, nh, nw = layout.grid_thw
+    temporal, spatial = _factors(patterns, layout)
+    spatial = spatial.view(P, -1, nh, nw, nh, nw)
+    # every region is a product of contiguous axis ranges (the full tiles of an axis, or its last tile)
+    regions = [(tuple(slice(int(x[0]), int(x[-1]) + 1) for x in (t, h, w)), start, perm, t.numel() * h.numel()
+                * w.numel()) for t, h, w, _, start, perm in _regions(layout)]
+    full = [r for r in regions if r[1] < F]  # the full tiles are one region, raster order
+    part = [r for r in regions if r[1] >= F]
     out = torch.empty(P, nb, nb, dtype=torch.bool)
-    bottom = torch.empty(P, n - F, n, dtype=torch.bool)  # rows of partial tiles, all columns
-    right = torch.empty(P, F, n - F, dtype=torch.bool)  # rows of full tiles, columns of partial tiles
-    for r, c, blk in _tile_mask_pieces(patterns, layout):
-        rows, cols = blk.shape[1], blk.shape[2]
-        if r < F and c < F:
-            out[:, r : r + rows, c : c + cols] = blk
-        elif r >= F:
-            bottom[:, r - F : r - F + rows, c : c + cols] = blk
-        else:
-            right[:, r : r + rows, c - F : c - F + cols] = blk
+    ob = out.view(torch.uint8)
+    for ax, _, _, _ in full:
+        _kron_into(ob[:, :F, :F], temporal, spatial, ax, ax)
     if nvb > F:
+        # sequence slot F + i of a partial tile -> its row in the region-raster layout of `bottom` / `right_t`
+        seq = torch.cat([(r[2] if r[2] is not None else torch.arange(r[3])) + (r[1] - F) for r in part])
         first, last = layout.block_first_tile[F:] - F, layout.block_last_tile[F:] - F
-        tail_rows = _range_any(bottom, first, last, 1)  # [P, nvb - F, n]
+        bottom = torch.empty(P, n - F, n, dtype=torch.uint8)  # rows of partial tiles, all columns
+        right_t = torch.empty(P, n - F, F, dtype=torch.uint8)  # columns of partial tiles x rows of full ones
+        spatial_t = spatial.permute(0, 1, 4, 5, 2, 3).contiguous()
+        for ax, start, _, size in part:
+            rows = slice(start - F, start - F + size)
+            for bx, bstart, _, bsize in regions:
+                _kron_into(bottom[:, rows, bstart : bstart + bsize], temporal, spatial, ax, bx)
+            for bx, _, _, _ in full:
+                _kron_into(right_t[:, rows], temporal, spatial_t, ax, bx)
+        tail_rows = _range_or_rows(bottom.view(torch.bool).index_select(1, seq), first, last)  # [P, nvb - F, n]
         out[:, F:nvb, :F] = tail_rows[:, :, :F]
-        out[:, F:nvb, F:nvb] = _range_any(tail_rows[:, :, F:], first, last, 2)
-        out[:, :F, F:nvb] = _range_any(right, first, last, 2)
+        tail_cols = tail_rows[:, :, F:].transpose(1, 2).index_select(1, seq)  # [P, n - F, nvb - F]
+        out[:, F:nvb, F:nvb] = _range_or_rows(tail_cols, first, last).transpose(1, 2)
+        out[:, :F, F:nvb] = _range_or_rows(right_t.view(torch.bool).index_select(1, seq), first, last).transpose(1, 2)
     if nb > nvb or layout.geometry.text_tokens:
         t0 = layout.text_block_start
         out[:, t0:, :] = True

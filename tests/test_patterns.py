@@ -14,10 +14,14 @@ from compactsearch.patterns import (
     FrameGroup,
     Pattern,
     Window,
+    _range_or_rows,
+    block_masks_from_tile_masks,
     build_layer_mask,
+    layer_block_masks,
     pattern_block_mask,
     pattern_token_density,
     tile_mask,
+    tile_masks,
 )
 from compactsearch.tiling import TileLayout
 from tests.test_tiling import random_geometries, random_layout
@@ -163,6 +167,53 @@ def test_block_sparse_mask_invariants_and_round_trip():
     counts[0, 0] = 2
     with pytest.raises(ValueError, match="ascending"):
         BlockSparseMask(counts, bad, 64, 64, 300)
+
+
+@pytest.mark.parametrize("chunk", [3, 1024])
+def test_from_dense_packs_like_a_row_loop(monkeypatch, chunk):
+    """The chunked left-packing equals a per-row nonzero, with empty rows, full rows and chunk boundaries."""
+    monkeypatch.setattr(BlockSparseMask, "_PACK_ROWS", chunk)
+    gen = torch.Generator().manual_seed(2)
+    for H, nq, nk, p in [(3, 7, 9, 0.4), (2, 5, 5, 0.0), (2, 4, 6, 1.0), (1, 1, 1, 1.0), (4, 11, 13, 0.1)]:
+        dense = torch.rand(H, nq, nk, generator=gen) < p
+        dense[0, 0] = False  # an empty row
+        dense[-1, -1] = True  # a full row
+        m = BlockSparseMask.from_dense(dense, nk, nq, nq * nk)  # NQB = nq, NKB = nk
+        assert m.kv_indices.shape[2] == max(int(dense.sum(-1).max()), 1)
+        for h in range(H):
+            for q in range(nq):
+                cols = dense[h, q].nonzero().flatten().to(torch.int32)
+                assert int(m.kv_num_blocks[h, q]) == cols.numel()
+                assert torch.equal(m.kv_indices[h, q, : cols.numel()], cols)
+                assert not bool(m.kv_indices[h, q, cols.numel() :].any())  # padding is block 0
+        BlockSparseMask(m.kv_num_blocks, m.kv_indices, nk, nq, nq * nk)  # the invariants hold
+
+
+def test_range_or_rows():
+    x = torch.rand(3, 23, 5, generator=torch.Generator().manual_seed(3)) < 0.15
+    first = torch.tensor([0, 0, 3, 4, 10, 9, 22, 5])
+    last = torch.tensor([0, 6, 4, 4, 16, 22, 22, 13])
+    want = torch.stack([x[:, a : b + 1].any(1) for a, b in zip(first.tolist(), last.tolist())], 1)
+    assert torch.equal(_range_or_rows(x, first, last), want)
+
+
+@pytest.mark.parametrize("thw,text", [((21, 45, 80), 0), ((9, 13, 22), 0), ((5, 17, 16), 37)])
+def test_one_block_tiles_equal_the_tile_mask_route(thw, text):
+    """The one-block-tile builder (Kronecker pieces, transposed columns, range ORs over rows) equals OR-ing
+    the full sequence-order tile mask, for random multi-group patterns."""
+    layout = TileLayout(VideoGeometry(*thw, text_tokens=text, text_position="back" if text else "none"), (4, 8, 4), 128)
+    rng = random.Random(4)
+    nt, nh, nw = layout.grid_thw
+    pats = [Pattern.dense(), Pattern.local(0, 1, 1)]
+    for _ in range(10):
+        groups, lo = [], 0
+        while lo <= nt - 1 and len(groups) < 3:
+            hi = rng.randint(lo, nt - 1)
+            wins = tuple(Window(rng.randint(1, nh), rng.randint(1, nw)) for _ in range(rng.randint(1, 2)))
+            groups.append(FrameGroup(lo, hi, wins))
+            lo = hi + 1 + rng.randint(0, 1)
+        pats.append(Pattern(tuple(groups)))
+    assert torch.equal(layer_block_masks(pats, layout), block_masks_from_tile_masks(tile_masks(pats, layout), layout))
 
 
 def test_flex_block_mask_matches():

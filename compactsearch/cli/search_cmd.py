@@ -37,6 +37,10 @@ def search(
     cost_model: Annotated[Path | None, typer.Option(help="Measured kernel cost model (YAML/JSON with per_block "
                                                          "and per_query_block).", show_default=False)] = None,
     keep_trials: Annotated[bool, typer.Option("--keep-trials", help="Store every Optuna trial (slow).")] = False,
+    objective: Annotated[str, typer.Option(help="What the budget maximises: fidelity (the heads' estimated output "
+                                           "error, from the profile's value statistics), recall (kept attention "
+                                           "mass, the paper's), or auto (fidelity when the profile has them).")
+                         ] = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Search per-head block-sparse patterns under one whole-model budget and write a config.
@@ -53,14 +57,14 @@ def search(
         raise InputError(f"profile {profile} does not exist; create one with `compactsearch profile`")
     out = out or profile.with_name(profile.name.rstrip("/") + ".config.yaml")
     settings = SearchSettings(budget=budget, recall=recall, trials=trials, max_groups=groups, sampler=sampler,
-                              seed=seed, holdout=holdout)
+                              seed=seed, holdout=holdout, objective=objective)
     settings.check()
     cm = CostModel.load(cost_model) if cost_model is not None else None
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     arguments = {"profile": str(profile), "budget": budget, "recall": recall, "trials": trials, "workers": n_workers,
                  "storage": "default" if storage is None else "external", "resume": resume, "holdout": holdout,
                  "out": str(out), "seed": seed, "groups": groups, "sampler": sampler,
-                 "cost_model": None if cost_model is None else str(cost_model)}
+                 "cost_model": None if cost_model is None else str(cost_model), "objective": objective}
     with Progress(TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=None)
@@ -74,6 +78,10 @@ def search(
     table.add_row("density (sparse steps)", f"{s['density']:.4f} (budget {budget:g})")
     table.add_row("recall mean / min", f"{s.get('recall_mean', 1.0):.4f} / {s.get('recall_min', 1.0):.4f} "
                                        f"(floor {recall:g})")
+    if s.get("objective") == "fidelity":
+        table.add_row("objective", f"output fidelity (mean {s['fidelity_mean']:.4f}; recall kept as the floor)")
+    else:
+        table.add_row("objective", "recall" + ("" if s.get("objective") else " (profile without value statistics)"))
     table.add_row("dense warm-up", f"{outcome.config.dense_warmup} steps ({s['dense_warmup_rule']} rule)")
     b = s["baselines"]
     table.add_row(f"density at recall {recall:g}",

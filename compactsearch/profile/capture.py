@@ -32,7 +32,7 @@ from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
 
-__all__ = ["block_mass", "masked_block_mass", "BlockMassCapture", "PromptCapture"]
+__all__ = ["block_mass", "masked_block_mass", "value_block_gram", "BlockMassCapture", "PromptCapture"]
 
 
 def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -77,12 +77,32 @@ def masked_block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, key_val
     return out
 
 
+def value_block_gram(v: torch.Tensor, block_size: int, key_valid: int | None = None) -> torch.Tensor:
+    """``V̄ V̄ᵀ`` per head: ``v`` ``[H, N, D]`` in tile order -> ``[H, NKB, NKB]`` float32.
+
+    ``V̄[b]`` is the mean of ``v`` over key block ``b``'s tokens (the ragged last block over the tokens it has);
+    keys at or past ``key_valid`` (masked padding) are left out, and a block with none left is zero.
+    """
+    H, N, D = v.shape
+    nb = -(-N // block_size)
+    valid = N if key_valid is None else min(N, key_valid)
+    vf = torch.zeros(H, nb * block_size, D, dtype=torch.float32, device=v.device)
+    vf[:, :valid] = v[:, :valid].float()
+    counts = torch.zeros(nb * block_size, dtype=torch.float32, device=v.device)
+    counts[:valid] = 1.0
+    n = counts.view(nb, block_size).sum(-1).clamp_min(1.0)
+    means = vf.view(H, nb, block_size, D).sum(2) / n[None, :, None]
+    return means @ means.transpose(1, 2)
+
+
 @dataclass
 class PromptCapture:
     """What one prompt produced: mean block mass per (bucket, layer) and the kept samples.
 
     Attributes:
         mass: ``(bucket, layer) -> [H, NQB, NKB]`` float32 on CPU, mean over the bucket's captured calls.
+        value_gram: ``(bucket, layer) -> [H, NKB, NKB]`` float32 on CPU, mean over the same calls of ``V̄ V̄ᵀ``
+            (`compactsearch.search.fidelity.value_block_gram`).
         calls: ``(bucket, layer) -> number of captured (step, batch item) pairs``.
         samples: ``layer -> {name: tensor}`` (see the module docstring).
         experts: ``bucket -> sorted expert indices`` that ran in it.
@@ -92,6 +112,7 @@ class PromptCapture:
     calls: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
     experts: dict = field(default_factory=dict)
+    value_gram: dict = field(default_factory=dict)
 
 
 class BlockMassCapture:
@@ -147,7 +168,7 @@ class BlockMassCapture:
 
     def start_prompt(self, keep_samples: bool = False) -> None:
         """Clear the accumulators before the next prompt."""
-        self._sums, self._counts, self._samples, self._experts = {}, {}, {}, {}
+        self._sums, self._counts, self._samples, self._experts, self._grams = {}, {}, {}, {}, {}
         self._keep_samples = keep_samples
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -173,16 +194,19 @@ class BlockMassCapture:
                 kt = self.layout.to_tile_order(k[i : i + 1], dim=-2)
                 kv = None if call.key_valid is None else call.key_valid[i]
                 m = masked_block_mass(qt, kt, self.block_size, kv)
+                vt = self.layout.to_tile_order(v[i : i + 1], dim=-2)
+                gram = value_block_gram(vt[0], self.block_size, kv)
                 if key in self._sums:
                     self._sums[key] += m
+                    self._grams[key] += gram
                 else:
                     self._sums[key] = m
+                    self._grams[key] = gram
                 self._counts[key] = self._counts.get(key, 0) + 1
                 if self._keep_samples and call.layer not in self._samples and (
                     self.sample_layers is None or call.layer in self.sample_layers
                 ):
                     hs = min(self.sample_heads, q.shape[1])
-                    vt = self.layout.to_tile_order(v[i : i + 1], dim=-2)
                     self._samples[call.layer] = {
                         "q": qt[:, :hs].detach().cpu().contiguous(),
                         "k": kt[:, :hs].detach().cpu().contiguous(),
@@ -196,5 +220,6 @@ class BlockMassCapture:
     def prompt_result(self) -> PromptCapture:
         """The finished prompt: means over each bucket's captured calls, on CPU."""
         mass = {key: (s / self._counts[key]).cpu() for key, s in self._sums.items()}
+        grams = {key: (g / self._counts[key]).cpu() for key, g in self._grams.items()}
         experts = {b: sorted(e) for b, e in self._experts.items()}
-        return PromptCapture(mass, dict(self._counts), dict(self._samples), experts)
+        return PromptCapture(mass, dict(self._counts), dict(self._samples), experts, grams)

@@ -134,6 +134,7 @@ def _prepare_work_dir(work: Path, recipe: Recipe, resume: bool) -> None:
 
 def _save_prompt(path: Path, i: int, recipe: Recipe, cap: PromptCapture, sink: BlockMassCapture) -> None:
     tensors = {f"mass.b{b}.l{l}": m.to(torch.float16).contiguous() for (b, l), m in cap.mass.items()}
+    tensors.update({f"gram.b{b}.l{l}": g.contiguous() for (b, l), g in cap.value_gram.items()})
     for layer, s in cap.samples.items():
         for name, t in s.items():
             tensors[f"sample.l{layer}.{name}"] = t.contiguous()
@@ -196,6 +197,12 @@ def merge_work_dir(work: Path, recipe: Recipe, out: Path, model_meta: dict | Non
             mass[(b, l)] = stack.mean(0)
             if recipe.per_prompt:
                 per_prompt[(b, l)] = stack
+        gram_keys = sorted({k for k in handles[0].keys() if k.startswith("gram.")})
+        value_gram = {}
+        if gram_keys and all(set(gram_keys) <= set(h.keys()) for h in handles):  # older prompt files lack them
+            for key in gram_keys:
+                b, l = (int(x[1:]) for x in key.split(".")[1:])
+                value_gram[(b, l)] = torch.stack([h.get_tensor(key).float() for h in handles]).mean(0)
         samples = {}
         for h in handles:
             names = [k for k in h.keys() if k.startswith("sample.")]
@@ -218,7 +225,7 @@ def merge_work_dir(work: Path, recipe: Recipe, out: Path, model_meta: dict | Non
         mass, geometry=geometry, tile=tile, block_size=block_size, buckets=[list(b) for b in recipe.buckets],
         num_steps=recipe.steps, per_prompt=per_prompt or None, prompts=list(recipe.prompts),
         seeds=[recipe.seed_of(i) for i in range(len(recipe.prompts))], model=model, recipe=recipe.to_dict(),
-        samples=samples or None,
+        samples=samples or None, value_gram=value_gram or None,
     )
     prof.save(out)
     return prof

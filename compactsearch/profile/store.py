@@ -7,6 +7,9 @@ Directory layout (format ``compactsearch-profile/v1``)::
     mass/b{B}_l{L}.safetensors
                               "mass": [H, NQB, NKB] float16, mean over prompts, tile order; a query block's
                               row sums to its token count. Optional "per_prompt": [P, H, NQB, NKB] float16.
+                              Optional "value_gram": [H, NKB, NKB] float32, the mean over calls of V̄ V̄ᵀ
+                              (V̄: per key block the mean value vector), for the search's output fidelity
+                              (`compactsearch.search.fidelity`); profiles without it are searched on recall.
     samples/l{L}.safetensors  optional captured tensors for `validate` (keys chosen by the capture code)
     stats.parquet             one row per (bucket, layer, head, prompt); prompt -1 is the mean over prompts
 
@@ -76,8 +79,10 @@ class Profile:
     hashes: dict = field(default_factory=dict)
     root: Path | None = None
     per_prompt: bool = False
+    values: bool = False
     _mass: dict = field(default_factory=dict, repr=False)
     _prompt_mass: dict = field(default_factory=dict, repr=False)
+    _value_gram: dict = field(default_factory=dict, repr=False)
     _samples: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------- shape
@@ -122,6 +127,20 @@ class Profile:
         t = self._load(bucket, layer).get("per_prompt")
         return None if t is None else t.float()
 
+    @property
+    def has_values(self) -> bool:
+        """Whether the profile carries value statistics (``value_gram``) for every (bucket, layer)."""
+        return self.values
+
+    def value_gram(self, bucket: int, layer: int) -> torch.Tensor | None:
+        """Mean Gram matrix of the key blocks' mean values ``[H, NKB, NKB]`` float32, or None."""
+        if (bucket, layer) in self._value_gram:
+            return self._value_gram[(bucket, layer)].float()
+        if self.root is None:
+            return None
+        t = self._load(bucket, layer).get("value_gram")
+        return None if t is None else t.float()
+
     def samples(self, layer: int) -> dict[str, torch.Tensor] | None:
         """Captured tensors of ``layer`` for validation (keys set by the capture code), or None."""
         if layer in self._samples:
@@ -157,6 +176,7 @@ class Profile:
         model: dict | None = None,
         recipe: dict | None = None,
         samples: dict[int, dict[str, torch.Tensor]] | None = None,
+        value_gram: MassInput | None = None,
     ) -> Profile:
         """Build a profile from block-mass tensors.
 
@@ -171,6 +191,8 @@ class Profile:
             per_prompt: optional ``[NB, L, P, H, NQB, NKB]`` or mapping ``(bucket, layer) -> [P, H, NQB, NKB]``.
             prompts, seeds, model, recipe: provenance kept in the metadata.
             samples: optional ``layer -> {name: tensor}`` captured tensors for validation.
+            value_gram: optional ``[NB, L, H, NKB, NKB]`` or mapping ``(bucket, layer) -> [H, NKB, NKB]``: the
+                mean of ``V̄ V̄ᵀ`` (`compactsearch.search.fidelity.value_block_gram`) for the output fidelity.
         """
         masses = _as_dict(mass, 0, "mass")
         if not masses:
@@ -199,6 +221,14 @@ class Profile:
         pp = _as_dict(per_prompt, 1, "per_prompt")
         if pp and set(pp) != set(masses):
             raise InputError("per_prompt must cover the same (bucket, layer) pairs as mass")
+        vg = _as_dict(value_gram, 0, "value_gram")
+        if vg:
+            if set(vg) != set(masses):
+                raise InputError("value_gram must cover the same (bucket, layer) pairs as mass")
+            for (b, l), t in vg.items():
+                if tuple(t.shape) != (H, nblk, nblk) or not torch.isfinite(t).all():
+                    raise InputError(f"value_gram[{b}, {l}] must be a finite [H={H}, {nblk}, {nblk}] tensor, got "
+                                     f"{tuple(t.shape)}")
         n_prompts = next(iter(pp.values())).shape[0] if pp else 0
         prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(n_prompts)]
         prof = cls(
@@ -214,8 +244,10 @@ class Profile:
             model=dict(model or {}),
             recipe=dict(recipe or {}),
             per_prompt=bool(pp),
+            values=bool(vg),
             _mass={k: v.detach().float().cpu() for k, v in masses.items()},
             _prompt_mass={k: v.detach().float().cpu() for k, v in pp.items()},
+            _value_gram={k: v.detach().float().cpu() for k, v in vg.items()},
             _samples=dict(samples or {}),
         )
         prof.stats = prof.compute_stats()
@@ -251,6 +283,7 @@ class Profile:
             "prompts": list(self.prompts),
             "seeds": list(self.seeds),
             "per_prompt": self.per_prompt,
+            "values": self.values,
             "hashes": dict(self.hashes),
         }
 
@@ -265,9 +298,13 @@ class Profile:
                 pm = self.prompt_mass(b, l)
                 if pm is not None:
                     tensors["per_prompt"] = pm.to(torch.float16).contiguous()
+                vg = self.value_gram(b, l)
+                if vg is not None:
+                    tensors["value_gram"] = vg.contiguous()
                 name = f"mass/b{b}_l{l}.safetensors"
                 save_file(tensors, str(tmp / name))
                 hashes[name] = sha256_file(tmp / name)
+
             for layer in range(self.num_layers):
                 s = self.samples(layer)
                 if s:
@@ -280,7 +317,7 @@ class Profile:
             self.hashes = hashes
             (tmp / "profile.yaml").write_text(dump_yaml(self._meta()))
         self.root = directory
-        self._mass, self._prompt_mass, self._samples = {}, {}, {}
+        self._mass, self._prompt_mass, self._samples, self._value_gram = {}, {}, {}, {}
         return directory
 
     @classmethod
@@ -318,6 +355,7 @@ class Profile:
                 hashes=dict(meta.get("hashes") or {}),
                 root=directory,
                 per_prompt=bool(meta.get("per_prompt", False)),
+                values=bool(meta.get("values", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"profile {directory}/profile.yaml is missing or has a bad field: {e}") from e

@@ -4,7 +4,9 @@
 Pareto front of points ``j`` (cost ``c_ij``, recall ``r_ij``), cheapest first. Costs are weighted so that the
 sum over heads is the config's density (`compactsearch.config.summarize`: block density over sparse steps,
 each bucket weighted by its steps) or, with a measured cost model, the time relative to dense; recalls are
-weighted by the bucket's steps, so the objective is the step-weighted mean recall.
+weighted by the bucket's steps, so the objective is the step-weighted mean recall -- or the mean output
+fidelity when the fronts carry it (`FrontPoint.value`; `compactsearch.search.fidelity`). The floor is on
+recall either way.
 
 1. Every head starts at its cheapest point with recall ``>= floor`` (dense always qualifies).
 2. If that is over the budget, heads step *down* their lower convex hull, always taking the step that loses
@@ -87,7 +89,7 @@ def allocate(
     """
     cost_of = cost_of or (lambda b: float(b))
     costs = [[w * cost_of(p.blocks) for p in r.front] for r, w in zip(fronts, cost_weight, strict=True)]
-    vals = [[w * p.recall for p in r.front] for r, w in zip(fronts, recall_weight, strict=True)]
+    vals = [[w * p.value for p in r.front] for r, w in zip(fronts, recall_weight, strict=True)]
     n = len(fronts)
     cheapest = sum(c[0] for c in costs)
     if cheapest > budget + _EPS:

@@ -50,6 +50,7 @@ from compactsearch.search.budget import (
     warmup_from_recipe,
 )
 from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.holdout import HoldoutSplit, holdout_report, split_prompts, unit_masses
 from compactsearch.search.space import SearchSpace
 from compactsearch.search.study import SAMPLERS, HeadResult, HeadSettings, search_head
@@ -59,6 +60,7 @@ __all__ = [
     "STALE_CLAIM_S",
 ]
 
+OBJECTIVES = ("auto", "fidelity", "recall")
 STALE_CLAIM_S = 900.0
 OWNERLESS_CLAIM_S = 60.0
 DEFAULT_HEAD_DIM = 128
@@ -78,6 +80,7 @@ class SearchSettings:
     seed: int = 0
     holdout: int = 0
     greedy_lambda: float = math.inf
+    objective: str = "auto"
 
     def check(self) -> None:
         """Raise `InputError` naming the first bad setting."""
@@ -93,6 +96,8 @@ class SearchSettings:
             raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.holdout < 0:
             raise InputError(f"--holdout must be >= 0, got {self.holdout}")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.population < 2 or self.max_front < 4:
             raise InputError("population must be >= 2 and max_front >= 4")
 
@@ -104,7 +109,8 @@ class SearchSettings:
         return {"budget": self.budget, "recall": self.recall, "trials": self.trials, "groups": self.max_groups,
                 "sampler": self.sampler, "population": self.population, "max_front": self.max_front,
                 "seed": self.seed, "holdout": self.holdout,
-                "greedy_lambda": None if math.isinf(self.greedy_lambda) else self.greedy_lambda}
+                "greedy_lambda": None if math.isinf(self.greedy_lambda) else self.greedy_lambda,
+                "objective": self.objective}
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ def _run_key(profile: Profile, settings: SearchSettings, split: HoldoutSplit | N
     d = settings.head_settings().to_dict()
     d.update(seed=settings.seed, holdout=list(split.holdout) if split else [], tool=__version__,
              profile=_profile_hash(profile))
+    if settings.objective != "recall":  # keeps the keys of recall searches stored before the option existed
+        d["objective"] = settings.objective
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -262,11 +270,12 @@ _W: dict = {}
 
 
 def _init_worker(profile: Profile, head_settings: HeadSettings, seed: int, split: HoldoutSplit | None,
-                 keep_trials: bool) -> None:
+                 keep_trials: bool, fidelity: bool = False) -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     layout = profile.layout()
     _W.update(profile=profile, settings=head_settings, seed=seed, split=split, keep_trials=keep_trials,
+              fidelity=fidelity,
               tables=LayoutTables(layout), scorer=ExactScorer(layout),
               space=SearchSpace(layout.grid_thw, head_settings.max_groups))
 
@@ -290,12 +299,16 @@ def _search_unit(b: int, l: int, heads: list[int]) -> list[HeadResult]:
     if pm is not None:
         _check_mass(prof, b, l, pm, "per-prompt block mass")
     calib, held = unit_masses(mass, pm, w["split"])
+    gram = prof.value_gram(b, l) if w.get("fidelity") else None
+    if gram is not None:
+        _check_mass(prof, b, l, gram, "value Gram matrix")
     out = []
     for h in heads:
         ht = HeadTables(w["tables"], calib[h])
+        fid = None if gram is None else HeadFidelity(calib[h], gram[h], w["scorer"].block_mask)
         out.append(search_head(ht, w["scorer"], calib[h], w["space"], w["settings"],
                                _head_seed(w["seed"], b, l, h), (b, l, h),
-                               None if held is None else held[h], w["keep_trials"]))
+                               None if held is None else held[h], w["keep_trials"], fid))
     return out
 
 
@@ -365,6 +378,11 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
     layout = profile.layout()
     nb = layout.num_blocks
     L, H = profile.num_layers, profile.num_heads
+    if settings.objective == "auto":
+        settings = replace(settings, objective="fidelity" if profile.has_values else "recall")
+    elif settings.objective == "fidelity" and not profile.has_values:
+        raise InputError("--objective fidelity needs value statistics, and this profile has none (it was made "
+                         "before they were recorded); re-run compactsearch profile or use --objective recall")
     split = None
     if settings.holdout:
         if not profile.per_prompt:
@@ -419,7 +437,8 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
         if progress:
             progress(len(results), total_heads)
 
-    init_args = (profile, settings.head_settings(), settings.seed, split, keep_trials)
+    init_args = (profile, settings.head_settings(), settings.seed, split, keep_trials,
+                 settings.objective == "fidelity")
     if workers == 1 or len(units) <= 1:
         try:
             _init_worker(*init_args)
@@ -603,6 +622,9 @@ def _build_config(profile, profile_path, settings, results, searched, decision, 
     if below:
         summary["below_floor"] = below
     summary["recall_min_block"] = round(min(p.recall_min for p in chosen.values()), 5)
+    summary["objective"] = settings.objective
+    if settings.objective == "fidelity":
+        summary["fidelity_mean"] = round(sum(w * chosen[k].value for k, w in zip(keys, rw, strict=True)) / sum(rw), 5)
     summary["dense_warmup_rule"] = decision.rule
     summary["bucket_steps"] = {f"b{b}": list(rng) for b, rng in decision.buckets}
     summary["baselines"] = baselines

@@ -27,6 +27,7 @@ import torch
 from compactsearch.patterns import Pattern
 from compactsearch.search.baselines import best_cube, cube_front, greedy_contraction, min_pattern
 from compactsearch.search.evaluate import ExactScore, ExactScorer, HeadTables
+from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.space import SearchSpace, pattern_from_yaml
 from compactsearch.search.sweep import lagrangian_sweep
 
@@ -65,25 +66,35 @@ class HeadSettings:
 
 @dataclass(frozen=True)
 class FrontPoint:
-    """One exactly-scored pattern of a head: recall, worst query block's recall, kernel blocks."""
+    """One exactly-scored pattern of a head: recall, worst query block's recall, kernel blocks, and the output
+    fidelity when the profile has value statistics (`compactsearch.search.fidelity`)."""
 
     pattern: Pattern
     recall: float
     recall_min: float
     blocks: int
     holdout_recall: float | None = None
+    fidelity: float | None = None
+
+    @property
+    def value(self) -> float:
+        """What the search maximises: the fidelity when known, else the recall."""
+        return self.recall if self.fidelity is None else self.fidelity
 
     def to_dict(self) -> dict:
         d = {"pattern": self.pattern.to_yaml(), "recall": self.recall, "recall_min": self.recall_min,
              "blocks": self.blocks}
         if self.holdout_recall is not None:
             d["holdout_recall"] = self.holdout_recall
+        if self.fidelity is not None:
+            d["fidelity"] = self.fidelity
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FrontPoint:
         return cls(pattern_from_yaml(d["pattern"]), float(d["recall"]), float(d["recall_min"]), int(d["blocks"]),
-                   None if d.get("holdout_recall") is None else float(d["holdout_recall"]))
+                   None if d.get("holdout_recall") is None else float(d["holdout_recall"]),
+                   None if d.get("fidelity") is None else float(d["fidelity"]))
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,7 @@ def search_head(
     key: tuple[int, int, int] = (0, 0, 0),
     holdout_mass: torch.Tensor | None = None,
     keep_trials: bool = False,
+    fidelity: HeadFidelity | None = None,
 ) -> HeadResult:
     """Search one head. See the module docstring.
 
@@ -172,6 +184,9 @@ def search_head(
         key: ``(bucket, layer, head)``, recorded in the result.
         holdout_mass: ``[NQB, NKB]`` mass of held-out prompts: each front point also gets its recall there.
         keep_trials: return the study's frozen trials in ``study_trials`` (to store them).
+        fidelity: this head's output-fidelity scorer; when given the result's front is the (fidelity, blocks)
+            front over the recall front, the cube front and every temporal window (whole frames within ``dt``
+            frame tiles: the structure recall undervalues when neighbouring frames repeat each other).
     """
     t0 = time.perf_counter()
     floor = settings.floor
@@ -223,14 +238,24 @@ def search_head(
         if p not in chosen:
             chosen.append(p)
     row_total = mass.sum(-1, dtype=torch.float64)
+    fid: dict[Pattern, float] = {}
+    if fidelity is not None:
+        nt, nh, nw = ht.lt.grid
+        for p in [*cube_front(ht), *(Pattern.local(dt, nh, nw) for dt in range(nt))]:
+            if p not in chosen:
+                chosen.append(p)
+        fid = {p: fidelity.fidelity(p) for p in chosen}
     exact: dict[Pattern, ExactScore] = {p: scorer.score(p, mass, row_total) for p in chosen}
-    exact_front = pareto(exact, lambda p: exact[p].recall, lambda p: exact[p].blocks)
+    if fidelity is None:
+        exact_front = pareto(exact, lambda p: exact[p].recall, lambda p: exact[p].blocks)
+    else:
+        exact_front = pareto(exact, lambda p: fid[p], lambda p: exact[p].blocks)
     hold_total = None if holdout_mass is None else holdout_mass.sum(-1, dtype=torch.float64)
 
     def point(p: Pattern) -> FrontPoint:
         e = exact[p]
         hr = None if holdout_mass is None else scorer.score(p, holdout_mass, hold_total).recall
-        return FrontPoint(p, e.recall, e.recall_min, e.blocks, hr)
+        return FrontPoint(p, e.recall, e.recall_min, e.blocks, hr, fid.get(p))
 
     return HeadResult(
         bucket=key[0], layer=key[1], head=key[2],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ class BlockSparseMask:
     block_k: int
     seq_len: int
     check: bool = field(default=True, repr=False, compare=False)
+
+    _PACK_ROWS: ClassVar[int] = 1024  # rows per chunk in `from_dense`
 
     def __post_init__(self) -> None:
         """Assert the invariants; ``check=False`` skips the O(size) value checks for trusted constructors."""
@@ -100,16 +103,30 @@ class BlockSparseMask:
         if dense.dim() != 3 or dense.dtype != torch.bool:
             raise ValueError(f"dense must be a bool [H, NQB, NKB] tensor, got {dense.dtype} {tuple(dense.shape)}")
         H, nq, nk = dense.shape
-        d2 = dense.cpu().numpy().reshape(H * nq, nk)
-        counts_np = np.count_nonzero(d2, axis=1)
-        maxk = max(int(counts_np.max()) if counts_np.size else 0, 1)
-        # Left-pack each row's True columns in ascending order: the flat indices of the Trues are row-major, so
-        # subtracting each row's start gives the columns in order; a row's first `count` slots take them.
-        flat = np.flatnonzero(d2)
-        cols = (flat - np.repeat(np.arange(0, H * nq * nk, nk, dtype=np.int64), counts_np)).astype(np.int32)
-        packed = np.zeros((H * nq, maxk), np.int32)
-        packed[np.arange(maxk) < counts_np[:, None]] = cols
-        idx = torch.from_numpy(packed.reshape(H, nq, maxk)).to(dense.device)
+        d2 = dense.cpu().reshape(H * nq, nk)
+        rows = d2.shape[0]
+        # Row counts: a uint8 sum with a narrow accumulator is the fast reduction (an int32 one copies the input).
+        acc = torch.int16 if nk < 2**15 else torch.int32
+        counts_np = d2.view(torch.uint8).sum(1, dtype=acc).numpy() if rows else np.zeros(0, np.int16)
+        maxk = max(int(counts_np.max()) if rows else 0, 1)
+        d2 = d2.numpy()
+        # Left-pack each row's True columns in ascending order, a few hundred rows at a time so the temporaries
+        # stay in cache: the flat indices of a chunk's Trues are row-major, so subtracting each row's start gives
+        # the columns in order, and a row's first `count` slots (a row of `first_slots`) take them.
+        first_slots = np.arange(maxk, dtype=np.int32) < np.arange(maxk + 1, dtype=np.int32)[:, None]
+        # torch's allocator, not numpy's: numpy asks for transparent huge pages on large arrays, and where the
+        # kernel compacts memory synchronously for them (defrag=madvise) a build stalls now and then.
+        idx = torch.empty(H, nq, maxk, dtype=torch.int32)
+        packed = idx.numpy().reshape(rows, maxk)
+        for r0 in range(0, rows, cls._PACK_ROWS):
+            r1 = min(rows, r0 + cls._PACK_ROWS)
+            c = counts_np[r0:r1]
+            cols = np.flatnonzero(d2[r0:r1]).astype(np.int32)
+            cols -= np.repeat(np.arange(0, (r1 - r0) * nk, nk, dtype=np.int32), c)
+            out = packed[r0:r1]
+            out.fill(0)  # past the count: 0, a valid block index
+            out[first_slots[c]] = cols
+        idx = idx.to(dense.device)
         counts = torch.from_numpy(counts_np.astype(np.int32).reshape(H, nq)).to(dense.device)
         return cls(counts, idx, block_q, block_k, seq_len, check=False)
 

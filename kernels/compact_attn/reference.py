@@ -108,13 +108,23 @@ def block_mass(
     out = torch.zeros(B, H, nqb, nkb, dtype=torch.float32, device=q.device)
     rows_per_chunk = max(block_q, (chunk_tokens // max(N, 1)) // block_q * block_q)
     kf = k.float()
-    pad_k = nkb * block_k - N
+    full_k = (N // block_k) * block_k  # key columns in whole blocks; the ragged tail is summed on its own
     for r0 in range(0, N, rows_per_chunk):
         r1 = min(N, r0 + rows_per_chunk)
-        s = torch.einsum("bhqd,bhkd->bhqk", q[:, :, r0:r1].float(), kf) * scale
-        row_lse = torch.logsumexp(s, -1) if lse is None else lse[:, :, r0:r1].float()
-        p = torch.exp(s - row_lse[..., None])
-        p = torch.nn.functional.pad(p, (0, pad_k)).view(B, H, r1 - r0, nkb, block_k).sum(-1)
-        qb = torch.arange(r0, r1, device=q.device) // block_q
-        out.index_add_(2, qb, p)
+        s = torch.einsum("bhqd,bhkd->bhqk", q[:, :, r0:r1].float() * scale, kf)  # [B, H, R, N]
+        # in place: s -> exp(s - row max) (or exp(s - lse)); one buffer of R x N per chunk
+        if lse is None:
+            s.sub_(s.amax(-1, keepdim=True)).exp_()
+        else:
+            s.sub_(lse[:, :, r0:r1, None].float()).exp_()
+        cols = s[..., :full_k].unflatten(-1, (full_k // block_k, block_k)).sum(-1)  # [B, H, R, NKB]
+        if full_k < N:
+            cols = torch.cat([cols, s[..., full_k:].sum(-1, keepdim=True)], -1)
+        if lse is None:  # normalise each row by its sum (the softmax denominator)
+            cols.div_(cols.sum(-1, keepdim=True))
+        full_q = ((r1 - r0) // block_q) * block_q  # chunks start on a block boundary
+        b0 = r0 // block_q
+        out[:, :, b0 : b0 + full_q // block_q] += cols[:, :, :full_q].view(B, H, full_q // block_q, block_q, nkb).sum(3)
+        if full_q < r1 - r0:
+            out[:, :, b0 + full_q // block_q] += cols[:, :, full_q:].sum(2)
     return out

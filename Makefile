@@ -1,5 +1,6 @@
 # compactsearch — set up, test, lint, benchmark.
 #   make test     create .venv if missing (CPU torch only where no torch is installed), install, run the tests
+#   make demo     the whole loop on the bundled tiny model, on the CPU: profile -> search -> validate -> evaluate
 #   make lint     ruff
 #   make bench-cpu  CPU benchmarks (mask build speed, search speed)
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint env bench-cpu clean
+.PHONY: test demo lint env bench-cpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -22,6 +23,9 @@ env: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	PYTHON=$(PY) bash scripts/demo.sh recipes/tiny.yaml --out demo-out
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -183,7 +183,8 @@ def test_tiny_model_profile_search_dominates_baselines(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["profile", str(ROOT / "recipes" / "tiny-random-wan.yaml"), "--out", str(tmp_path / "prof")])
     assert e.value.code == 0, capsys.readouterr().err
-    res = run_search(tmp_path / "prof", SearchSettings(budget=0.9, recall=0.9), tmp_path / "tiny.yaml")
+    res = run_search(tmp_path / "prof", SearchSettings(budget=0.9, recall=0.9, objective="recall"),
+                     tmp_path / "tiny.yaml")
     for r in res.results.values():
         for base in (r.greedy, r.cube):
             assert any(p.recall >= base.recall and p.blocks <= base.blocks for p in r.front)

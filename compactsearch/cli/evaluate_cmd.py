@@ -15,7 +15,9 @@ __all__ = ["evaluate"]
 
 
 def evaluate(
-    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).", show_default=False)],
+    *,
+    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
+                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
     config: Annotated[list[Path], typer.Option("--config", "-c", help="A config YAML; repeat to compare several.",
                                                show_default=False)],
     prompts: Annotated[Path | None, typer.Option(help="Prompt file, one per line [default: the recipe's "
@@ -50,8 +52,9 @@ def evaluate(
     from compactsearch.evaluate import baseline_configs
     from compactsearch.evaluate import evaluate as run_evaluate
     from compactsearch.profile import Profile
-    from compactsearch.profile.recipe import load_recipe, read_prompts
+    from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
 
+    recipe = recipe or default_recipe_path()
     r = load_recipe(recipe)
     if prompts is not None:
         plist = read_prompts(prompts, "--prompts file")

@@ -13,7 +13,9 @@ __all__ = ["generate"]
 
 
 def generate(
-    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).", show_default=False)],
+    *,
+    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
+                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text prompt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Video file to write: .gif or .mp4 (needs "
                                       "imageio-ffmpeg).", show_default=False)],
@@ -36,11 +38,11 @@ def generate(
 
     \b
     Examples:
-        compactsearch generate recipes/tiny.yaml -p "a big red circle moves right over a striped navy background" \
-            --out red.gif
-        compactsearch generate recipes/tiny.yaml -c tiny-0.3.yaml -p "a small white square bounces over a plain \
-            black background" -o square.mp4
-        compactsearch generate recipes/tiny.yaml -c tiny-0.3.yaml --compare -p "a big green ..." -o compare.gif
+        compactsearch generate -p "a big red circle moves right over a striped navy background" -o red.gif
+        compactsearch generate -c tiny-0.3.yaml -p "a small white square bounces over a plain black background" \
+-o sq.mp4
+        compactsearch generate recipes/tiny.yaml -c tiny-0.3.yaml --compare -p "a big green triangle bounces over \
+a checkered gray background" -o compare.gif
     """
     import time
 
@@ -50,9 +52,10 @@ def generate(
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
     from compactsearch.evaluate import generate_video, side_by_side, write_video
-    from compactsearch.profile.recipe import load_recipe
+    from compactsearch.profile.recipe import default_recipe_path, load_recipe
     from compactsearch.runtime import apply
 
+    recipe = recipe or default_recipe_path()
     r = load_recipe(recipe)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise InputError(f"--out {out}: write a .gif or an .mp4 file")

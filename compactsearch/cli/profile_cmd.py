@@ -45,7 +45,8 @@ class _RichProgress:
 
 
 def profile(
-    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).", show_default=False)],
+    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
+                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Profile directory to write "
                                              "[default: profiles/<recipe name>].")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompt file (one per line) replacing the "
@@ -74,9 +75,10 @@ def profile(
     """
     from dataclasses import replace
 
-    from compactsearch.profile.recipe import load_recipe, read_prompts
+    from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
     from compactsearch.profile.run import run_profile
 
+    recipe = recipe or default_recipe_path()
     r = load_recipe(recipe)
     if prompts is not None:
         r = r.with_prompts(read_prompts(prompts, "--prompts file"))

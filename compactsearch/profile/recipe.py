@@ -51,7 +51,7 @@ from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.tiling import BLOCK_SIZES
 
-__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts"]
+__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default_recipe_path"]
 
 
 def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
@@ -59,6 +59,12 @@ def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset())
 
 _DTYPES = ("bfloat16", "float16", "float32")
 _OFFLOAD = ("none", "model", "sequential")
+
+
+def default_recipe_path() -> Path:
+    """The bundled tiny model's recipe (``recipes/tiny.yaml``, shipped in the package as
+    ``compactsearch/tinymodel/recipe.yaml``): what `profile`, `generate` and `evaluate` use without a RECIPE."""
+    return Path(__file__).resolve().parent.parent / "tinymodel" / "recipe.yaml"
 
 
 def read_prompts(path: Path, what: str = "prompt file") -> list[str]:

@@ -572,7 +572,7 @@ def _build_config(profile, profile_path, settings, results, searched, decision, 
         dens["search"] += w * r.cheapest_feasible(floor).blocks
         dens["greedy"] += w * r.greedy.blocks
         dens["cube"] += w * r.cube.blocks
-        if all(any(p.recall >= base.recall and p.blocks <= base.blocks for p in r.front)
+        if all(any(p.value >= base.value and p.blocks <= base.blocks for p in r.front)
                for base in (r.greedy, r.cube)):
             dominated += 1
     baselines = {

@@ -10,6 +10,9 @@ Limits, stated plainly:
   ``triton.set_allocator`` (Triton >= 3.4) and a Hopper-class GPU; older Triton (torch 2.6 ships 3.2) uses
   the pointer path. (``tl.range(..., warp_specialize=True)`` was measured and dropped: on sm_90 Triton 3.6
   did not partition this loop, same times; see KERNEL_NOTES.md.)
+- Heads whose mask keeps every block go to PyTorch's fused SDPA by default (``AttnConfig.dense_heads``;
+  ``COMPACT_ATTN_DENSE_HEADS=kernel`` keeps them on the Triton kernel): cuDNN's dense attention is faster than
+  this kernel run dense (H200, 75,600 tokens: 203 against 222 ms).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ __all__ = [
     "AttnConfig",
     "MassConfig",
     "HAS_TMA",
+    "DENSE_HEADS",
     "HEAD_ORDER_KV_BYTES",
     "INTERPRET",
     "attention_config",
+    "dense_heads_default",
     "mass_config",
     "autotune_enabled",
     "attention_autotune_configs",
@@ -37,6 +42,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # "auto" work order: head by head once one head's K + V pass this (75,600 x 128 bf16 is 36.9 MiB, 69,120 is 33.8).
 HEAD_ORDER_KV_BYTES = 35 * 2**20
 HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+# Where heads that keep every block run: PyTorch's fused SDPA (cuDNN first), or this package's Triton kernel.
+DENSE_HEADS = ("sdpa", "kernel")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,11 @@ class AttnConfig:
     ``one_trip`` (lazy rescaling, TMA path only): run the main loop at least once so no zero-trip path exists;
     ``None`` = when the sequence has no ragged tail, which is where a local sm_90 compile showed ptxas
     serialising the wgmmas otherwise.
+    ``dense_heads``: where heads whose mask keeps every key block for every query block run. ``"sdpa"``:
+    ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN, then flash, efficient, math), the same math,
+    for bf16/fp16 without ``return_lse``; the other heads run on the kernel, into the same output.
+    ``"kernel"``: every head on the Triton kernel. The default comes from ``COMPACT_ATTN_DENSE_HEADS``
+    (``sdpa`` when unset).
     """
 
     block_m: int = 128
@@ -70,12 +82,14 @@ class AttnConfig:
     exp_poly: bool = False
     order: str = "auto"
     one_trip: bool | None = None
+    dense_heads: str = "sdpa"
 
     def describe(self) -> str:
         flags = "".join(f for f, on in (("+tma", self.use_tma), ("+pipe", self.pipe_qk), ("+exp16", self.exp16),
                                           (f"+lazy{self.rescale_threshold:g}", self.rescale_threshold > 0),
                                           ("+poly", self.exp_poly), (f"+{self.order}", self.order != "auto"),
-                                          (f"+trip{int(bool(self.one_trip))}", self.one_trip is not None)) if on)
+                                          (f"+trip{int(bool(self.one_trip))}", self.one_trip is not None),
+                                          ("+kdense", self.dense_heads == "kernel")) if on)
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{flags}"
 
 
@@ -107,13 +121,25 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+def dense_heads_default() -> str:
+    """``COMPACT_ATTN_DENSE_HEADS`` (``sdpa`` or ``kernel``), ``sdpa`` when unset. Raises ValueError otherwise."""
+    env = os.environ.get("COMPACT_ATTN_DENSE_HEADS", "").strip().lower() or "sdpa"
+    if env not in DENSE_HEADS:
+        raise ValueError(f"COMPACT_ATTN_DENSE_HEADS must be one of {', '.join(DENSE_HEADS)}, got {env!r}")
+    return env
+
+
 def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:
     """The fixed forward config for this device, head dim and dtype.
 
     Hopper (sm_90) and newer: one warpgroup, 128x64 tiles (d=128) or 64x128 (d=64), TMA; measured on the H200.
     Ampere/Ada (sm_8x): 128x64 tiles, 8 warps, 3 stages (the Triton tutorial's choice there).
-    Anything else, fp32, and the interpreter: small safe tiles.
+    Anything else, fp32, and the interpreter: small safe tiles. Dense heads: `dense_heads_default`.
     """
+    return replace(_kernel_config(device, head_dim, dtype), dense_heads=dense_heads_default())
+
+
+def _kernel_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:
     major, _ = _capability(device)
     if INTERPRET or device.type != "cuda":
         return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=1, use_tma=False)

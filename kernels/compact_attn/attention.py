@@ -23,6 +23,11 @@ Limits, stated plainly:
 - Tensor descriptors (TMA) and warp specialisation are used only when the Triton build has them (3.4+),
   the GPU is Hopper or newer, and the strides are 16-byte aligned; otherwise the pointer path runs (that is
   also the path of Triton 3.2, torch 2.6's).
+- Dense heads (``AttnConfig.dense_heads="sdpa"``, the default): heads whose mask lists every key block for
+  every query block run through ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN first), which is
+  faster than this kernel run dense; the kernel's launch list then holds the other heads' work items only,
+  and both write into one output. bf16/fp16 only, and not with ``return_lse`` (SDPA returns no logsumexp):
+  there, and for fp32, every head runs on the kernel.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import triton.language as tl
 
 from compact_attn import check_attention_inputs
 from compact_attn._config import (
+    DENSE_HEADS,
     HAS_TMA,
     HEAD_ORDER_KV_BYTES,
     INTERPRET,
@@ -342,6 +348,36 @@ def _mask_tensors(mask: BlockSparseMask, order: str = "lpt") -> tuple[torch.Tens
     return per_mask[order]
 
 
+def _dense_split(mask: BlockSparseMask, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense head indices ``[Hd]`` int64, the other heads' work items in launch order ``[(H - Hd) * NQB]``
+    int32), on the mask's device, cached per mask object and order.
+
+    A head is dense when every query block lists all ``NKB`` key blocks (``kv_num_blocks == NKB``; the lists are
+    strictly ascending in ``[0, NKB)``, so the count alone says it). One device-to-host sync per mask.
+    """
+    per_mask = _order_cache.setdefault(mask, {})
+    key = ("dense_split", order)
+    if key not in per_mask:
+        full = (mask.kv_num_blocks == mask.num_kv_blocks).all(1)  # [H] bool, on device
+        dense_idx = full.nonzero().flatten()
+        items = _mask_tensors(mask, order)[2]
+        keep = ~full[items.long() // mask.num_q_blocks]
+        per_mask[key] = (dense_idx, items[keep].contiguous())
+    return per_mask[key]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense attention by PyTorch's fused SDPA; on CUDA cuDNN first (on the H200 it beats flash by ~1.6x at
+    69,120-75,600 tokens; BENCHMARKS.md), then flash, efficient, math, whichever accepts the shape."""
+    if q.device.type != "cuda":
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    prio = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(prio, set_priority=True):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def _tma_allocator(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
 
@@ -375,8 +411,9 @@ def block_sparse_attention_triton(
     *,
     out: torch.Tensor | None = None,
     config: AttnConfig | None = None,
+    dense_heads: str | None = None,
 ):
-    """Block-sparse attention forward with the Triton kernel.
+    """Block-sparse attention forward with the Triton kernel (dense heads by PyTorch's SDPA, by default).
 
     Args:
         q, k, v: ``[B, H, N, D]`` in tile order, one dtype (bf16/fp16/fp32), one device (CUDA, or CPU under
@@ -387,9 +424,15 @@ def block_sparse_attention_triton(
         out: optional preallocated ``[B, H, N, D]`` output in q's dtype (benchmarks poison it first).
         config: launch config override (benchmarks and tests); default is the fixed per-GPU config, or an
             autotune sweep when ``COMPACT_ATTN_AUTOTUNE=1``.
+        dense_heads: ``"sdpa"`` or ``"kernel"``, overriding ``config.dense_heads`` (see `AttnConfig`): where
+            heads whose mask keeps every block run. SDPA is used for bf16/fp16 without ``return_lse`` only.
 
     Returns:
-        ``o`` ``[B, H, N, D]`` in q's dtype, and ``lse`` when ``return_lse``.
+        ``o`` ``[B, H, N, D]`` in q's dtype, and ``lse`` when ``return_lse``. Without ``out``, a mask whose
+        heads are all dense returns SDPA's own output tensor.
+
+    Raises:
+        ValueError: bad inputs (`check_attention_inputs`), block sizes, ``out`` or ``dense_heads``.
     """
     scale = check_attention_inputs(q, k, v, mask, scale)
     if q.device.type != "cuda" and not INTERPRET:
@@ -405,11 +448,22 @@ def block_sparse_attention_triton(
         raise ValueError(f"out must be a [B, H, N, D] {q.dtype} tensor on {q.device} with contiguous last dim")
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
     c = config or attention_config(q.device, D, q.dtype)
+    mode = dense_heads or c.dense_heads
+    if mode not in DENSE_HEADS:
+        raise ValueError(f"dense_heads must be one of {', '.join(DENSE_HEADS)}, got {mode!r}")
     order_name = c.order
     if order_name == "auto":
         order_name = "head" if 2 * N * D * q.element_size() > HEAD_ORDER_KV_BYTES else "lpt"
     kv_num, kv_idx, order = _mask_tensors(mask, order_name)
     nqb, nkb = mask.num_q_blocks, mask.num_kv_blocks
+    if mode == "sdpa" and not return_lse and q.dtype in (torch.float16, torch.bfloat16):
+        dense_idx, order = _dense_split(mask, order_name)
+        if dense_idx.numel() == H:  # every head dense: one SDPA call, no kernel launch
+            o = _sdpa(q, k, v, scale)
+            return o if out is None else out.copy_(o)
+        if dense_idx.numel():  # dense heads gathered, attended by SDPA, scattered into out; the kernel does the rest
+            o = _sdpa(*(t.index_select(1, dense_idx) for t in (q, k, v)), scale)
+            out.index_copy_(1, dense_idx, o)
 
     tma_ok = HAS_TMA and _tma_ok(q, k, v) and (INTERPRET or torch.cuda.get_device_capability(q.device)[0] >= 9)
     if tma_ok:
@@ -422,7 +476,7 @@ def block_sparse_attention_triton(
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             kv_idx.stride(0), kv_idx.stride(1), B, H, N, nqb, nkb)
-    n_items = H * nqb * B
+    n_items = order.numel() * B  # the listed (head, query block) items, each for every batch element
 
     has_tail = N % bk != 0
     # Lazy rescaling (exact on every path); its one-trip loop form (see the kernel) runs on the TMA path only.

@@ -6,6 +6,10 @@ Backends: ``backend="auto"`` runs the Triton kernels on CUDA tensors and the PyT
 ``"triton"`` and ``"reference"`` force one. The environment variable ``COMPACT_ATTN_BACKEND`` (``triton`` or
 ``reference``) overrides ``"auto"``. Under ``TRITON_INTERPRET=1`` the Triton kernels also run on CPU tensors
 (slowly; that is how the tests run them). Triton is imported only when a Triton backend is used.
+
+Dense heads: on the Triton backend, heads whose mask keeps every block run through PyTorch's fused SDPA
+(cuDNN first), which is faster dense than the block-sparse kernel; ``dense_heads="kernel"`` or
+``COMPACT_ATTN_DENSE_HEADS=kernel`` keeps them on the kernel.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ def block_sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    dense_heads: str | None = None,
 ):
     """Block-sparse attention forward: each query block attends to the key blocks its mask row lists.
 
@@ -144,20 +149,26 @@ def block_sparse_attention(
         scale: softmax scale, default ``1/sqrt(D)``.
         return_lse: also return the natural-log row logsumexp ``[B, H, N]`` float32.
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
+        dense_heads: Triton backend only: ``"sdpa"`` runs heads whose mask keeps every block through PyTorch's
+            fused SDPA (cuDNN first; bf16/fp16, not with ``return_lse``), ``"kernel"`` keeps them on the Triton
+            kernel; ``None`` takes ``COMPACT_ATTN_DENSE_HEADS``, else ``"sdpa"``. Same result either way.
 
     Returns:
         ``o`` ``[B, H, N, D]`` in q's dtype (and ``lse`` when ``return_lse``). Rows whose query block lists
         no key block get ``o = 0``, ``lse = -inf``.
 
     Raises:
-        ValueError: inconsistent shapes, dtypes, devices, head dim, or a mask that does not fit q.
+        ValueError: inconsistent shapes, dtypes, devices, head dim, a mask that does not fit q, or an unknown
+            ``dense_heads``.
     """
     scale = check_attention_inputs(q, k, v, mask, scale)
+    if dense_heads is not None and dense_heads not in ("sdpa", "kernel"):
+        raise ValueError(f"dense_heads must be 'sdpa' or 'kernel', got {dense_heads!r}")
     if resolve_backend(backend, q.device) == "reference":
         return reference.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=return_lse)
     from compact_attn.attention import block_sparse_attention_triton
 
-    return block_sparse_attention_triton(q, k, v, mask, scale=scale, return_lse=return_lse)
+    return block_sparse_attention_triton(q, k, v, mask, scale=scale, return_lse=return_lse, dense_heads=dense_heads)
 
 
 def block_mass(

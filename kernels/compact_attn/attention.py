@@ -442,11 +442,9 @@ def block_sparse_attention_triton(
         raise ValueError(f"the triton backend needs block_q and block_k in {_BLOCK_SIZES}; got ({bq}, {bk})")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, N, D = q.shape
-    if out is None:
-        out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device
+                            or out.stride(-1) != 1):
         raise ValueError(f"out must be a [B, H, N, D] {q.dtype} tensor on {q.device} with contiguous last dim")
-    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
     c = config or attention_config(q.device, D, q.dtype)
     mode = dense_heads or c.dense_heads
     if mode not in DENSE_HEADS:
@@ -456,14 +454,19 @@ def block_sparse_attention_triton(
         order_name = "head" if 2 * N * D * q.element_size() > HEAD_ORDER_KV_BYTES else "lpt"
     kv_num, kv_idx, order = _mask_tensors(mask, order_name)
     nqb, nkb = mask.num_q_blocks, mask.num_kv_blocks
+    dense_idx = None
     if mode == "sdpa" and not return_lse and q.dtype in (torch.float16, torch.bfloat16):
-        dense_idx, order = _dense_split(mask, order_name)
+        dense_idx, order = _dense_split(mask, order_name)  # order: the other heads' items only
         if dense_idx.numel() == H:  # every head dense: one SDPA call, no kernel launch
             o = _sdpa(q, k, v, scale)
             return o if out is None else out.copy_(o)
-        if dense_idx.numel():  # dense heads gathered, attended by SDPA, scattered into out; the kernel does the rest
-            o = _sdpa(*(t.index_select(1, dense_idx) for t in (q, k, v)), scale)
-            out.index_copy_(1, dense_idx, o)
+    if out is None:
+        out = torch.empty_like(q)
+    if dense_idx is not None and dense_idx.numel():
+        # Dense heads gathered, attended by SDPA and scattered into out; the kernel below does the other heads.
+        o = _sdpa(*(t.index_select(1, dense_idx) for t in (q, k, v)), scale)
+        out.index_copy_(1, dense_idx, o)
+    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
 
     tma_ok = HAS_TMA and _tma_ok(q, k, v) and (INTERPRET or torch.cuda.get_device_capability(q.device)[0] >= 9)
     if tma_ok:

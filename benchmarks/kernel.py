@@ -12,6 +12,12 @@ Text blocks are dense. Columns: ms (median of ``--reps`` timed runs after a warm
 time / this time), ``ideal`` (fraction of ideal = speed-up over cuDNN dense x block density), TFLOP/s on the
 computed blocks (``4 * D * token pairs computed / time``; dense rivals count all pairs).
 
+Dense heads: the entry point runs heads whose mask keeps every block through PyTorch's SDPA (cuDNN first;
+``AttnConfig.dense_heads``), so the ``dense`` row's ``triton`` time is that path; the ``triton-kdense`` row times
+the Triton kernel on the same dense mask, and the ``split0.30`` mask (the 0.30 mix with every 4th head dense)
+times the split path (SDPA on the dense heads, the kernel on the rest, one output). ``--sweep`` always times the
+kernel itself (dense heads on the kernel).
+
 Correctness, per kernel run: the output buffer is poisoned with NaN first and must come back NaN-free; on a
 sample of query blocks of every head (first, last/ragged, and random ones) the relative error against an
 fp32 reference must be <= 2x PyTorch's own bf16 error on the same rows (+1e-5).
@@ -31,6 +37,7 @@ import re
 import sys
 import time
 import types
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +108,8 @@ def parse_config(text: str) -> AttnConfig:
                       exp16="exp16" in flags, rescale_threshold=float(lazy[0][4:]) if lazy else 0.0,
                       exp_poly="poly" in flags,
                       order="head" if "head" in flags else "lpt" if "lpt" in flags else "auto",
-                      one_trip=(trip[0] == "trip1") if trip else None)
+                      one_trip=(trip[0] == "trip1") if trip else None,
+                      dense_heads="kernel" if "kdense" in flags else "sdpa")
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -158,16 +166,26 @@ def choose_patterns(name: str, layout: TileLayout, densities) -> dict[float, lis
     return out
 
 
-def build_masks(name: str, geometry: VideoGeometry, heads: int, densities, device) -> list[tuple[str, BlockSparseMask]]:
+SPLIT_DENSITY = 0.3  # the ``split`` mask: this density's mix with every 4th head dense
+
+
+def build_masks(name: str, geometry: VideoGeometry, heads: int, densities, device,
+                split: bool = False) -> list[tuple[str, BlockSparseMask]]:
     """``[(label, mask)]``: one mixed-pattern mask per target density (heads cycle local, cross, frame-grouped),
-    then the dense mask."""
+    then the dense mask; with ``split``, last the `SPLIT_DENSITY` mix with every 4th head dense (the dense-head
+    split path)."""
     layout = TileLayout(geometry, default_tile_shape(geometry, 128), 128)
-    chosen = choose_patterns(name, layout, densities)
+    chosen = choose_patterns(name, layout, sorted({*densities, SPLIT_DENSITY}) if split else densities)
     out = []
     for d in densities:
         mask = build_layer_mask([chosen[d][h % 3] for h in range(heads)], layout)
         out.append((f"mix{d:.2f}", mask.to(device)))
     out.append(("dense", BlockSparseMask.dense_mask(heads, geometry.seq_len, 128, 128).to(device)))
+    if split:
+        blocks = build_layer_mask([chosen[SPLIT_DENSITY][h % 3] for h in range(heads)], layout).to_dense()
+        blocks[::4] = True
+        mask = BlockSparseMask.from_dense(blocks, 128, 128, geometry.seq_len)
+        out.append((f"split{SPLIT_DENSITY:.2f}", mask.to(device)))
     return out
 
 
@@ -246,7 +264,7 @@ def run_table(args, rows: list[dict]) -> None:
         geom, H, D = GEOMETRIES[name]
         N = geom.seq_len
         t0 = time.time()
-        masks = build_masks(name, geom, H, args.densities, dev)
+        masks = build_masks(name, geom, H, args.densities, dev, split=not args.no_split)
         print(f"# {name}: {geom.describe()}, {H} heads, d={D}; masks built in {time.time() - t0:.1f}s", flush=True)
         q, k, v = (torch.randn(1, H, N, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
         dense = dense_rivals(q, k, v, args.reps)
@@ -275,6 +293,16 @@ def run_table(args, rows: list[dict]) -> None:
             print_row(rows[-2] if not args.no_flex else rows[-1])
             if not args.no_flex:
                 print_row(rows[-1])
+            if label == "dense":  # the kernel itself on the dense mask (the row above is the SDPA path)
+                out.fill_(float("nan"))
+                kern = functools.partial(block_sparse_attention_triton, q, k, v, mask, out=out, dense_heads="kernel")
+                ms = bench(kern, args.reps)
+                out.fill_(float("nan"))
+                kern()
+                rows.append(dict(geom=name, tokens=N, heads=H, d=D, mask=label, density=dens, kernel="triton-kdense",
+                                 ms=ms, x_cudnn=dense["cudnn"] / ms, ideal=dense["cudnn"] / ms * dens,
+                                 tflops=flops / ms / 1e9, **sample_check(q, k, v, mask, out)))
+                print_row(rows[-1])
         q = k = v = out = None
         torch.cuda.empty_cache()
 
@@ -294,7 +322,8 @@ def _sweep_one(args, rows: list[dict], name: str) -> None:
     dense = dense_rivals(q, k, v, args.reps)
     print(f"# sweep {name}: cudnn {dense['cudnn']:.2f} ms ({4.0 * H * N * N * D / dense['cudnn'] / 1e9:.0f} TFLOP/s), "
           f"flash {dense['flash']:.2f} ms", flush=True)
-    variants = args.variants or (SWEEP_D64 if D == 64 else SWEEP)
+    # The sweep times the kernel itself: dense heads stay on it (not SDPA).
+    variants = [replace(c, dense_heads="kernel") for c in (args.variants or (SWEEP_D64 if D == 64 else SWEEP))]
     for label, mask in masks:
         dens, flops = mask.density(), 4.0 * D * pairs_computed(mask)
         ref_out = None
@@ -334,6 +363,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sweep", action="store_true", help="time the config sweep on each geometry given")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-split", action="store_true", help="leave out the split mask (some heads dense)")
     ap.add_argument("--variants", nargs="+", type=parse_config, help="configs for --sweep, e.g. m64n64w4s3+tma")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--make-masks", action="store_true", help="only search and cache the benchmark patterns (CPU)")
@@ -350,9 +380,10 @@ def main() -> None:
     gpu = torch.cuda.get_device_name()
     from compact_attn._config import attention_config
 
-    dflt = {d: attention_config(torch.device("cuda"), d, torch.bfloat16).describe() for d in (128, 64)}
+    cfgs = {d: attention_config(torch.device("cuda"), d, torch.bfloat16) for d in (128, 64)}
     head = (f"# {time.strftime('%Y-%m-%d %H:%M')} {gpu}, torch {torch.__version__}, triton {triton.__version__}, "
-            f"default configs d128 {dflt[128]}, d64 {dflt[64]}, cmd: {' '.join(sys.argv)}")
+            f"default configs d128 {cfgs[128].describe()}, d64 {cfgs[64].describe()}, dense heads "
+            f"{cfgs[128].dense_heads}, cmd: {' '.join(sys.argv)}")
     print(head, flush=True)
     print(f"{'geometry':>13} {'tokens':>6} {'mask':>8} {'dens':>5} {'kernel':>22} {'ms':>9} {'xcuDNN':>6} {'ideal':>6} "
           f"{'TFLOPs':>6} {'err/err_torch':>19}", flush=True)

@@ -55,11 +55,11 @@ def _random_mask(H: int, N: int, bq: int, bk: int, density: float, text: str = "
     return BlockSparseMask.from_dense(dense, bq, bk, N)
 
 
-def _torch_lowp(q, k, v, mask: BlockSparseMask) -> torch.Tensor:
+def _torch_lowp(q, k, v, mask: BlockSparseMask, scale: float | None = None) -> torch.Tensor:
     """PyTorch attention computed in the inputs' dtype (scores, softmax and PV in bf16/fp16/fp32, as eager
     PyTorch does it); rows with no keys -> 0."""
     tm = mask.token_mask()
-    s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     s = s.masked_fill(~tm[None], float("-inf"))
     p = torch.softmax(s, -1).nan_to_num(0.0)
     return torch.matmul(p, v)
@@ -203,6 +203,103 @@ def test_attention_real_pattern_mask():
     mask = build_layer_mask(patterns, layout)
     q, k, v = (_rand(1, 3, layout.seq_len, 128, dtype=torch.bfloat16) for _ in range(3))
     _check_attention(q, k, v, mask)
+
+
+# ------------------------------------------------------------------------------- dense heads through SDPA
+def _mixed_mask(H: int, N: int, bq: int, bk: int, dense_heads: list[int]) -> BlockSparseMask:
+    """Random sparse heads with text blocks at the back and, for the heads listed, every block kept."""
+    dense = _random_mask(H, N, bq, bk, 0.4, "back", 26).to_dense().clone()
+    dense[dense_heads] = True
+    return BlockSparseMask.from_dense(dense, bq, bk, N)
+
+
+def _check_against_reference(o, q, k, v, mask, scale=None):
+    assert not torch.isnan(o).any(), "output elements left unwritten (NaN poison survived)"
+    ref = reference.block_sparse_attention(q.float(), k.float(), v.float(), mask, scale=scale)
+    err, err_torch = _rel(o, ref), _rel(_torch_lowp(q, k, v, mask, scale), ref)
+    assert err <= 2 * err_torch + ATOL, f"error {err:.3e} > 2 x torch {q.dtype} error {err_torch:.3e} + atol"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dense_heads_split_between_sdpa_and_kernel(dtype, monkeypatch):
+    """Heads 1 and 3 of 4 keep every block (a gather that is not one slice), the others are sparse with text
+    blocks and a ragged tail (296 = 4 x 64 + 40 tokens), batch 2: SDPA does the dense heads, the kernel the rest,
+    into one poisoned output. Dense heads equal SDPA's own output and sparse heads the kernel-only run, bitwise."""
+    calls = _spy_sdpa(monkeypatch)
+    B, H, N, D, scale = 2, 4, 296, 64, 0.2
+    q, k, v = (_rand(B, H, N, D, dtype=dtype) for _ in range(3))
+    mask = _mixed_mask(H, N, 64, 64, [1, 3])
+    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1)
+    out = torch.full_like(q, float("nan"))
+    o = block_sparse_attention_triton(q, k, v, mask, scale=scale, out=out, config=cfg)
+    assert o is out and calls == [(B, 2, N, D)]
+    _check_against_reference(o, q, k, v, mask, scale)
+    kernel_only = block_sparse_attention_triton(q, k, v, mask, scale=scale, config=cfg, dense_heads="kernel")
+    _check_against_reference(kernel_only, q, k, v, mask, scale)
+    sparse, dense = [0, 2], [1, 3]
+    assert torch.equal(o[:, sparse], kernel_only[:, sparse])
+    assert torch.equal(o[:, dense], F.scaled_dot_product_attention(q[:, dense], k[:, dense], v[:, dense], scale=scale))
+    # the default config (dense_heads="sdpa") and the public entry point take the same path
+    assert torch.equal(block_sparse_attention(q, k, v, mask, scale=scale, backend="triton")[:, dense], o[:, dense])
+
+
+def _spy_sdpa(monkeypatch) -> list[tuple[int, ...]]:
+    """Record the q shape of every SDPA call the Triton wrapper makes."""
+    import compact_attn.attention as attn
+
+    calls, real = [], attn._sdpa
+    monkeypatch.setattr(attn, "_sdpa", lambda q, k, v, scale: calls.append(tuple(q.shape)) or real(q, k, v, scale))
+    return calls
+
+
+@pytest.mark.parametrize("N", [256, 230])
+def test_dense_heads_all_dense_is_one_sdpa_call(N, monkeypatch):
+    """Every head dense (with and without a ragged tail): one SDPA call, into ``out`` when given."""
+    calls = _spy_sdpa(monkeypatch)
+    q, k, v = (_rand(2, 3, N, 128, dtype=torch.bfloat16) for _ in range(3))
+    mask = BlockSparseMask.dense_mask(3, N, 64, 64)
+    out = torch.full_like(q, float("nan"))
+    o = block_sparse_attention_triton(q, k, v, mask, out=out)
+    assert o is out and calls == [(2, 3, N, 128)]
+    _check_against_reference(o, q, k, v, mask)
+    assert torch.equal(o, F.scaled_dot_product_attention(q, k, v))
+    assert torch.equal(block_sparse_attention_triton(q, k, v, mask), o)  # no out: SDPA's own tensor
+    kernel_only = block_sparse_attention_triton(q, k, v, mask, dense_heads="kernel")
+    assert len(calls) == 2, "dense_heads='kernel' must not call SDPA"
+    _check_against_reference(kernel_only, q, k, v, mask)
+
+
+def test_dense_heads_stay_on_kernel_with_lse_fp32_or_when_asked(monkeypatch):
+    """``return_lse`` (SDPA has no lse), fp32 and ``dense_heads="kernel"`` (argument or environment) keep every
+    head on the kernel: bitwise the kernel-only output."""
+    N = 200
+    mask = _mixed_mask(2, N, 64, 64, [0])
+    cfg = AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
+    q, k, v = (_rand(1, 2, N, 64, dtype=torch.bfloat16) for _ in range(3))
+    calls = _spy_sdpa(monkeypatch)
+    kernel_only = block_sparse_attention_triton(q, k, v, mask, config=cfg, dense_heads="kernel")
+    o, lse = block_sparse_attention_triton(q, k, v, mask, return_lse=True, config=cfg)
+    assert torch.equal(o, kernel_only) and torch.isfinite(lse).all()
+    monkeypatch.setenv("COMPACT_ATTN_DENSE_HEADS", "kernel")
+    assert torch.equal(block_sparse_attention(q, k, v, mask, backend="triton"),
+                       block_sparse_attention_triton(q, k, v, mask, dense_heads="kernel"))
+    monkeypatch.delenv("COMPACT_ATTN_DENSE_HEADS")
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    assert torch.equal(block_sparse_attention_triton(q32, k32, v32, mask, config=cfg),
+                       block_sparse_attention_triton(q32, k32, v32, mask, config=cfg, dense_heads="kernel"))
+    assert calls == [], "no SDPA call on these paths"
+
+
+def test_dense_heads_option_errors(monkeypatch):
+    q, k, v = _qkv()
+    mask = BlockSparseMask.dense_mask(2, 64, 64, 64)
+    with pytest.raises(ValueError, match="dense_heads must be one of sdpa, kernel, got 'flash'"):
+        block_sparse_attention_triton(q, k, v, mask, dense_heads="flash")
+    with pytest.raises(ValueError, match="dense_heads must be 'sdpa' or 'kernel', got 'cudnn'"):
+        block_sparse_attention(q, k, v, mask, dense_heads="cudnn")
+    monkeypatch.setenv("COMPACT_ATTN_DENSE_HEADS", "cudnn")
+    with pytest.raises(ValueError, match="COMPACT_ATTN_DENSE_HEADS must be one of sdpa, kernel"):
+        block_sparse_attention_triton(q, k, v, mask)
 
 
 def test_entry_point_backends(monkeypatch):

@@ -239,12 +239,20 @@ def test_config_running_every_step_dense(searched, tmp_path):
 
 def test_large_profile_says_it_is_subsampled(tmp_path):
     geo = VideoGeometry(5, 16, 16)
-    prof, _ = planted_profile(geo, (1, 8, 8), 64, [["local", "cross", "global", "decay", "far", "local"]] * 6, seed=1)
+    kinds = ["local", "cross", "global", "decay", "far", "local", "cross", "global"]
+    prof, _ = planted_profile(geo, (1, 8, 8), 64, [kinds] * 7, seed=1)  # 56 heads: more than the 48 drawn whole
     res = build_report(prof, tmp_path / "rep")
     html = res.html.read_text()
-    assert "the maps show a subsample" in html and "of 36 (layer, head) pairs" in html
+    assert "the maps show a subsample" in html and "of 56 (layer, head) pairs" in html
     assert res.notes and "subsample" in res.notes[0]
     assert "every head of the middle layer 3" in html
+
+
+def test_small_profile_draws_every_head(tmp_path):
+    geo = VideoGeometry(5, 16, 16)
+    prof, _ = planted_profile(geo, (1, 8, 8), 64, [["local", "cross", "global", "decay"]] * 3, seed=2)
+    res = build_report(prof, tmp_path / "rep")
+    assert "the maps show a subsample" not in res.html.read_text() and not res.notes
 
 
 def test_report_cli_json(searched, tmp_path, capsys):

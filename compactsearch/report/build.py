@@ -45,6 +45,7 @@ from compactsearch.report.maps import TileShares, downsample, middle_tile, neigh
 from compactsearch.report.select import MAX_CELLS, Selection, parse_head, select
 from compactsearch.search import ExactScorer, HeadResult, HeadTables, LayoutTables, SearchSettings, SearchSpace
 from compactsearch.search import search_head as _search_head
+from compactsearch.search.fidelity import HeadFidelity
 
 __all__ = ["ReportResult", "build_report", "check_config_matches", "match_buckets", "ROWS_PER_FIGURE"]
 
@@ -138,6 +139,7 @@ class _Data:
     recall_min: np.ndarray | None = None
     density: np.ndarray | None = None
     waste: np.ndarray | None = None
+    fidelity: np.ndarray | None = None  # [CB, L, H]; NaN when the profile has no value statistics
     maps: dict = field(default_factory=dict)  # (b, l, h) -> ([D, nh, nw] float64, text share)
     fronts: dict = field(default_factory=dict)  # (l, h) -> [(profile bucket, HeadResult)]
 
@@ -177,8 +179,9 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
         out["stats"] = [{"bucket": b, "layer": l, "head": h, "prompt": -1, **s}
                         for h, s in enumerate(head_stats(mass, layout))]
     row_total = mass.sum(-1, dtype=torch.float64)
+    gram = profile.value_gram(b, l) if cfg_idx and profile.has_values else None
     for ci in cfg_idx:
-        vals = np.zeros((4, H))
+        vals = np.full((5, H), np.nan)
         for hc in w["config"].buckets[ci].layers[l].heads:
             h, p = hc.head, hc.pattern
             sc = scorer.score(p, mass[h], row_total[h])
@@ -186,7 +189,9 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
                 tm = (torch.ones(layout.num_tiles, layout.num_tiles, dtype=torch.bool) if p.is_dense
                       else tile_mask(p, layout))
                 w["waste"][p] = layout.tiling_waste(tm, scorer.block_mask(p))
-            vals[:, h] = (sc.recall, sc.recall_min, sc.blocks / (nb * nb), w["waste"][p])
+            vals[:4, h] = (sc.recall, sc.recall_min, sc.blocks / (nb * nb), w["waste"][p])
+            if gram is not None:
+                vals[4, h] = HeadFidelity(mass[h], gram[h], scorer.block_mask).fidelity(p)
         out["cfg"][ci] = vals
     if maps:
         hs = w["panel_heads"][l]
@@ -212,6 +217,7 @@ def _collect(profile: Profile, config: Config | None, cfg_map: list[int], sel: S
         shape = (len(config.buckets), L, H)
         data.recall, data.recall_min = np.zeros(shape), np.zeros(shape)
         data.density, data.waste = np.zeros(shape), np.zeros(shape)
+        data.fidelity = np.full(shape, np.nan)
     panel_heads: dict[int, list[int]] = {}
     for l, h in sel.panels:
         panel_heads.setdefault(l, []).append(h)
@@ -235,6 +241,7 @@ def _collect(profile: Profile, config: Config | None, cfg_map: list[int], sel: S
         for ci, vals in r["cfg"].items():
             data.recall[ci, r["l"]], data.recall_min[ci, r["l"]] = vals[0], vals[1]
             data.density[ci, r["l"]], data.waste[ci, r["l"]] = vals[2], vals[3]
+            data.fidelity[ci, r["l"]] = vals[4]
         data.maps.update(r["maps"])
         for key, res in r["fronts"].items():
             data.fronts.setdefault(key, []).append((r["b"], res))
@@ -443,6 +450,8 @@ class _Page:
             "heads_below_floor": below,
             "tiling_waste_mean": round(float(d.waste.mean()), 5) if any_sparse else 0.0,
         }
+        if any_sparse and not np.isnan(d.fidelity).any():
+            mine["fidelity_mean"] = round(float(d.fidelity.mean()), 5)
         self.summary["config"] = mine
         rec = c.summary or {}
         names = [("density", "block density over sparse steps"),
@@ -451,9 +460,11 @@ class _Page:
                  ("recall_mean", "recall, mean over heads"), ("recall_min", "recall, worst head"),
                  ("recall_min_block", "recall, worst query block"),
                  ("heads_below_floor", f"heads below the recall floor {self.floor:g}"),
-                 ("tiling_waste_mean", "tiling waste, mean over heads")]
+                 ("tiling_waste_mean", "tiling waste, mean over heads"),
+                 ("fidelity_mean", "output fidelity, mean over heads (1 - relative error; needs value statistics)")]
         header = ["quantity", "this profile (recomputed)", "recorded in the config"]
-        table = [[label, mine[k], rec.get(k, "")] for k, label in names]
+        table = [[label, mine.get(k, "-"), rec.get(k, "")] for k, label in names]
+        table.append(["search objective", "", (c.search or {}).get("objective", rec.get("objective", "recall"))])
         s.paragraphs.append(
             "Density counts kernel blocks computed over dense blocks, text blocks included; recall is the share of "
             "each head's attention mass (mean over query tokens) the chosen pattern keeps, computed here exactly on "
@@ -476,9 +487,10 @@ class _Page:
         s = Section("labels", "Head labels")
         s.paragraphs.append(
             "Each head is labelled from its block mass by the documented rule (compactsearch.profile.stats): local "
-            "when at least 60% of its mass lies within two tiles in space and time, cross when a one-tile row band "
-            "plus a one-tile column band holds at least 60% (and 15 points more than local), time-variant when the "
-            "mass per frame distance is far from flat, global otherwise.")
+            "when a local window over about 30% of the tokens holds at least 60% of its mass, cross when a one-tile "
+            "row band plus a one-tile column band holds at least 60% (15 points more than local and 1.5x what a "
+            "uniform head would put there), time-variant when the mass per frame distance is far from flat, "
+            "global otherwise.")
         if self.data.stats_recomputed:
             s.paragraphs.append("The profile's statistics table was missing or incomplete: labels were recomputed "
                                 "from the block mass.")

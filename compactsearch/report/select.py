@@ -4,8 +4,9 @@ Tables and heatmaps cover every (bucket, layer, head). Small multiples (one map 
 do not scale to 40 layers x 40 heads, so the report draws:
 
 - buckets: every bucket up to `MAX_BUCKETS`, else the first, the middle and the last;
-- panels: `MAX_LAYERS` layers spread evenly from the first to the last, `HEADS_PER_LAYER` heads spread evenly in
-  each, plus **every** head (up to `MAX_MIDDLE_HEADS`) of the middle layer;
+- panels: every (layer, head) when there are at most `MAX_MIDDLE_HEADS` of them; else `MAX_LAYERS` layers spread
+  evenly from the first to the last, `HEADS_PER_LAYER` heads spread evenly in each, plus **every** head (up to
+  `MAX_MIDDLE_HEADS`) of the middle layer;
 - distances: every temporal tile distance up to `MAX_DISTANCES`, else 0, 1 and the rest spread evenly to the
   largest;
 - maps: at most `MAX_CELLS` cells per side; larger tile grids are summed over square-ish cells of tiles.
@@ -97,8 +98,14 @@ def select(num_buckets: int, num_layers: int, num_heads: int, num_distances: int
     middle = num_layers // 2
     layers = sorted(set(evenly(num_layers, MAX_LAYERS)) | {middle})
     panels = []
+    if num_layers * num_heads <= MAX_MIDDLE_HEADS:  # small models: every head
+        layers = list(range(num_layers))
+        middle_all = True
+    else:
+        middle_all = False
     for l in layers:
-        heads = range(min(num_heads, MAX_MIDDLE_HEADS)) if l == middle else evenly(num_heads, HEADS_PER_LAYER)
+        every = middle_all or l == middle
+        heads = range(min(num_heads, MAX_MIDDLE_HEADS)) if every else evenly(num_heads, HEADS_PER_LAYER)
         panels += [(l, h) for h in heads]
     if num_distances <= MAX_DISTANCES:
         distances = list(range(num_distances))

@@ -290,6 +290,22 @@ def test_dense_heads_stay_on_kernel_with_lse_fp32_or_when_asked(monkeypatch):
     assert calls == [], "no SDPA call on these paths"
 
 
+def test_dense_heads_default_per_device_and_head_dim(monkeypatch):
+    """SDPA for dense heads except on Hopper at d <= 64 (the kernel beat cuDNN there); the environment wins."""
+    import compact_attn._config as cfg
+
+    cuda = torch.device("cuda")
+    assert cfg.dense_heads_default(torch.device("cpu"), 64) == "sdpa"
+    monkeypatch.setattr(cfg, "_capability", lambda device: (9, 0))
+    assert cfg.dense_heads_default(cuda, 64) == "kernel" and cfg.dense_heads_default(cuda, 128) == "sdpa"
+    monkeypatch.setattr(cfg, "_capability", lambda device: (8, 0))
+    assert cfg.dense_heads_default(cuda, 64) == "sdpa"
+    monkeypatch.setenv("COMPACT_ATTN_DENSE_HEADS", "kernel")
+    assert cfg.dense_heads_default(cuda, 128) == "kernel"
+    monkeypatch.setenv("COMPACT_ATTN_DENSE_HEADS", "SDPA")
+    assert cfg.dense_heads_default(cuda, 64) == "sdpa"
+
+
 def test_dense_heads_option_errors(monkeypatch):
     q, k, v = _qkv()
     mask = BlockSparseMask.dense_mask(2, 64, 64, 64)

@@ -54,7 +54,7 @@ def test_error_matches_the_block_level_outputs_computed_directly():
         ps = torch.where(keep, p, 0.0)
         out = (ps @ vbar) / ps.sum(-1, keepdim=True)
         want = float((n * (out - dense).square().sum(-1)).sum() / (n * dense.square().sum(-1)).sum())
-        assert fid.error(pat) == pytest.approx(want, rel=1e-6)
+        assert fid.error(pat) == pytest.approx(want, rel=1e-4, abs=1e-7)
     assert fid.error(Pattern.dense()) == 0.0 and fid.fidelity(Pattern.dense()) == 1.0
 
 
@@ -74,7 +74,7 @@ def test_fidelity_sees_redundant_frames_that_recall_does_not():
     stripe = Pattern.local(nt - 1, 1, nw)  # one tile row through every frame
     kept = {p: float(pattern_block_mask(p, lay).float().mean()) for p in (frames, stripe)}
     assert kept[frames] == pytest.approx(kept[stripe])  # same recall and cost
-    assert fid.error(frames) < 1e-10 < 0.05 < fid.error(stripe)
+    assert fid.error(frames) < 1e-6 < 0.05 < fid.error(stripe)
 
 
 def test_profile_round_trip_keeps_value_statistics(tmp_path):

@@ -35,12 +35,13 @@ __all__ = ["HeadFidelity", "gram_factor"]
 
 def gram_factor(gram: torch.Tensor, rank: int) -> torch.Tensor:
     """``U`` ``[NKB, r]`` with ``U Uᵀ`` the best rank-``r`` approximation of the PSD ``gram`` ``[NKB, NKB]``."""
-    g = gram.double()
+    g = gram.float()
     g = 0.5 * (g + g.T)
-    evals, evecs = torch.linalg.eigh(g)
+    scale = float(g.diagonal().abs().max()) or 1.0
+    evals, evecs = torch.linalg.eigh(g / scale)
     r = min(rank, g.shape[0])
-    top = evals[-r:].clamp_min(0.0)
-    return (evecs[:, -r:] * top.sqrt()).float()
+    top = evals[-r:].clamp_min(0.0) * scale
+    return evecs[:, -r:] * top.sqrt()
 
 
 class HeadFidelity:
@@ -56,7 +57,7 @@ class HeadFidelity:
     """
 
     def __init__(self, mass: torch.Tensor, gram: torch.Tensor, block_mask: Callable[[Pattern], torch.Tensor],
-                 rank: int = 64, max_rows: int = 256):
+                 rank: int = 32, max_rows: int = 128):
         nq, nk = mass.shape
         if tuple(gram.shape) != (nk, nk):
             raise InputError(f"value Gram matrix has shape {tuple(gram.shape)}; expected [{nk}, {nk}]")

@@ -34,6 +34,7 @@ from compactsearch.search.sweep import lagrangian_sweep
 __all__ = ["HeadSettings", "FrontPoint", "HeadResult", "search_head", "pareto", "SAMPLERS"]
 
 SAMPLERS = ("nsga2", "tpe", "random")
+FIDELITY_CUBES = 16  # cube-front points re-scored for fidelity per head
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,10 @@ def search_head(
     fid: dict[Pattern, float] = {}
     if fidelity is not None:
         nt, nh, nw = ht.lt.grid
-        for p in [*cube_front(ht), *(Pattern.local(dt, nh, nw) for dt in range(nt))]:
+        cubes = cube_front(ht)
+        if len(cubes) > FIDELITY_CUBES:  # spread evenly over the cost range (a random head has hundreds)
+            cubes = [cubes[round(i * (len(cubes) - 1) / (FIDELITY_CUBES - 1))] for i in range(FIDELITY_CUBES)]
+        for p in [*cubes, *(Pattern.local(dt, nh, nw) for dt in range(nt))]:
             if p not in chosen:
                 chosen.append(p)
         fid = {p: fidelity.fidelity(p) for p in chosen}

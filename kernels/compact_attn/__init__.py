@@ -8,8 +8,9 @@ Backends: ``backend="auto"`` runs the Triton kernels on CUDA tensors and the PyT
 (slowly; that is how the tests run them). Triton is imported only when a Triton backend is used.
 
 Dense heads: on the Triton backend, heads whose mask keeps every block run through PyTorch's fused SDPA
-(cuDNN first), which is faster dense than the block-sparse kernel; ``dense_heads="kernel"`` or
-``COMPACT_ATTN_DENSE_HEADS=kernel`` keeps them on the kernel.
+(cuDNN first), which is faster dense than the block-sparse kernel at head dim 128 (on Hopper at head dim 64
+the kernel is faster and keeps them); ``dense_heads=`` or ``COMPACT_ATTN_DENSE_HEADS`` (``sdpa``/``kernel``)
+choose.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def block_sparse_attention(
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
         dense_heads: Triton backend only: ``"sdpa"`` runs heads whose mask keeps every block through PyTorch's
             fused SDPA (cuDNN first; bf16/fp16, not with ``return_lse``), ``"kernel"`` keeps them on the Triton
-            kernel; ``None`` takes ``COMPACT_ATTN_DENSE_HEADS``, else ``"sdpa"``. Same result either way.
+            kernel; ``None``: ``COMPACT_ATTN_DENSE_HEADS`` if set, else the measured default
+            (`compact_attn._config.dense_heads_default`). Same function either way.
 
     Returns:
         ``o`` ``[B, H, N, D]`` in q's dtype (and ``lse`` when ``return_lse``). Rows whose query block lists

@@ -10,9 +10,10 @@ Limits, stated plainly:
   ``triton.set_allocator`` (Triton >= 3.4) and a Hopper-class GPU; older Triton (torch 2.6 ships 3.2) uses
   the pointer path. (``tl.range(..., warp_specialize=True)`` was measured and dropped: on sm_90 Triton 3.6
   did not partition this loop, same times; see KERNEL_NOTES.md.)
-- Heads whose mask keeps every block go to PyTorch's fused SDPA by default (``AttnConfig.dense_heads``;
-  ``COMPACT_ATTN_DENSE_HEADS=kernel`` keeps them on the Triton kernel): cuDNN's dense attention is faster than
-  this kernel run dense (H200, 75,600 tokens: 203 against 222 ms).
+- Heads whose mask keeps every block go to PyTorch's fused SDPA by default (``AttnConfig.dense_heads``,
+  `dense_heads_default`): cuDNN's dense attention is faster than this kernel run dense at head dim 128 (H200,
+  75,600 tokens: 202 against 223 ms), but slower at head dim 64 (17,776 tokens: 9.1 against 8.2 ms), so on
+  Hopper d <= 64 keeps them on the kernel. ``COMPACT_ATTN_DENSE_HEADS`` (``sdpa`` or ``kernel``) overrides.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ class AttnConfig:
     ``dense_heads``: where heads whose mask keeps every key block for every query block run. ``"sdpa"``:
     ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN, then flash, efficient, math), the same math,
     for bf16/fp16 without ``return_lse``; the other heads run on the kernel, into the same output.
-    ``"kernel"``: every head on the Triton kernel. The default comes from ``COMPACT_ATTN_DENSE_HEADS``
-    (``sdpa`` when unset).
+    ``"kernel"``: every head on the Triton kernel. `attention_config` fills it from `dense_heads_default`.
     """
 
     block_m: int = 128
@@ -121,12 +121,21 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def dense_heads_default() -> str:
-    """``COMPACT_ATTN_DENSE_HEADS`` (``sdpa`` or ``kernel``), ``sdpa`` when unset. Raises ValueError otherwise."""
-    env = os.environ.get("COMPACT_ATTN_DENSE_HEADS", "").strip().lower() or "sdpa"
-    if env not in DENSE_HEADS:
-        raise ValueError(f"COMPACT_ATTN_DENSE_HEADS must be one of {', '.join(DENSE_HEADS)}, got {env!r}")
-    return env
+def dense_heads_default(device: torch.device, head_dim: int) -> str:
+    """Where dense heads run by default: ``COMPACT_ATTN_DENSE_HEADS`` (``sdpa`` or ``kernel``) when set; else
+    ``"kernel"`` on Hopper (sm_90+) for head dim <= 64, where this kernel beat cuDNN dense on the H200 (CogVideoX,
+    17,776 tokens: 8.17 against 8.95 ms), and ``"sdpa"`` everywhere else (d=128 on the H200: cuDNN 202 against
+    223 ms at 75,600 tokens, 154 against 178 at 69,120).
+
+    Raises:
+        ValueError: ``COMPACT_ATTN_DENSE_HEADS`` set to anything else.
+    """
+    env = os.environ.get("COMPACT_ATTN_DENSE_HEADS", "").strip().lower()
+    if env:
+        if env not in DENSE_HEADS:
+            raise ValueError(f"COMPACT_ATTN_DENSE_HEADS must be one of {', '.join(DENSE_HEADS)}, got {env!r}")
+        return env
+    return "kernel" if _capability(device)[0] >= 9 and head_dim <= 64 else "sdpa"
 
 
 def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:
@@ -136,7 +145,7 @@ def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) ->
     Ampere/Ada (sm_8x): 128x64 tiles, 8 warps, 3 stages (the Triton tutorial's choice there).
     Anything else, fp32, and the interpreter: small safe tiles. Dense heads: `dense_heads_default`.
     """
-    return replace(_kernel_config(device, head_dim, dtype), dense_heads=dense_heads_default())
+    return replace(_kernel_config(device, head_dim, dtype), dense_heads=dense_heads_default(device, head_dim))
 
 
 def _kernel_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:

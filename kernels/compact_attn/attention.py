@@ -23,11 +23,11 @@ Limits, stated plainly:
 - Tensor descriptors (TMA) and warp specialisation are used only when the Triton build has them (3.4+),
   the GPU is Hopper or newer, and the strides are 16-byte aligned; otherwise the pointer path runs (that is
   also the path of Triton 3.2, torch 2.6's).
-- Dense heads (``AttnConfig.dense_heads="sdpa"``, the default): heads whose mask lists every key block for
-  every query block run through ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN first), which is
-  faster than this kernel run dense; the kernel's launch list then holds the other heads' work items only,
-  and both write into one output. bf16/fp16 only, and not with ``return_lse`` (SDPA returns no logsumexp):
-  there, and for fp32, every head runs on the kernel.
+- Dense heads (``AttnConfig.dense_heads="sdpa"``, the default except on Hopper at d <= 64): heads whose mask
+  lists every key block for every query block run through ``torch.nn.functional.scaled_dot_product_attention``
+  (cuDNN first), faster than this kernel run dense at d=128; the kernel's launch list then holds the other
+  heads' work items only, and both write into one output. bf16/fp16 only, and not with ``return_lse`` (SDPA
+  returns no logsumexp): there, and for fp32, every head runs on the kernel.
 """
 
 from __future__ import annotations

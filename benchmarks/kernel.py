@@ -107,7 +107,7 @@ def parse_config(text: str) -> AttnConfig:
     return AttnConfig(*(int(m.group(i)) for i in range(1, 5)), use_tma="tma" in flags, pipe_qk="pipe" in flags,
                       exp16="exp16" in flags, rescale_threshold=float(lazy[0][4:]) if lazy else 0.0,
                       exp_poly="poly" in flags,
-                      order="head" if "head" in flags else "lpt" if "lpt" in flags else "auto",
+                      order=next((o for o in ("head", "lpt", "natural") if o in flags), "auto"),
                       one_trip=(trip[0] == "trip1") if trip else None,
                       dense_heads="kernel" if "kdense" in flags else "sdpa")
 

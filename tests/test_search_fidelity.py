@@ -10,9 +10,9 @@ from planted import planted_profile
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import Pattern, pattern_block_mask
-from compactsearch.profile.capture import value_block_gram
+from compactsearch.profile.capture import gram_factor, merge_factors, value_block_gram
 from compactsearch.profile.store import Profile
-from compactsearch.search.fidelity import HeadFidelity, gram_factor
+from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.run import SearchSettings, run_search
 from compactsearch.tiling import TileLayout
 
@@ -29,10 +29,21 @@ def test_value_block_gram_is_the_gram_of_block_means():
     torch.testing.assert_close(got, means @ means.transpose(1, 2))
 
 
-def test_gram_factor_reproduces_a_low_rank_gram():
-    a = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
-    u = gram_factor(a @ a.T, rank=5)
-    torch.testing.assert_close(u @ u.T, a @ a.T, atol=1e-4, rtol=1e-4)
+def test_gram_factor_and_merge_reproduce_low_rank_grams():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 12, 5, generator=g)  # batched over heads
+    u = gram_factor(a @ a.transpose(1, 2), rank=5)
+    assert u.shape == (3, 12, 5)
+    torch.testing.assert_close(u @ u.transpose(1, 2), a @ a.transpose(1, 2), atol=1e-4, rtol=1e-4)
+    # merging prompt factors gives a factor of the mean Gram matrix (exact while the total rank fits)
+    b = torch.randn(3, 12, 2, generator=g)
+    m = merge_factors([a, b], rank=7)
+    want = (a @ a.transpose(1, 2) + b @ b.transpose(1, 2)) / 2
+    torch.testing.assert_close(m @ m.transpose(1, 2), want, atol=1e-4, rtol=1e-4)
+    m4 = merge_factors([a, b], rank=4)  # truncated: the best rank-4 approximation
+    assert m4.shape == (3, 12, 4)
+    best = gram_factor(want, rank=4)
+    torch.testing.assert_close(m4 @ m4.transpose(1, 2), best @ best.transpose(1, 2), atol=1e-3, rtol=1e-3)
 
 
 def _layout():
@@ -45,7 +56,7 @@ def test_error_matches_the_block_level_outputs_computed_directly():
     nb = lay.num_blocks
     mass = torch.rand(nb, nb, generator=g) * 64.0
     vbar = torch.randn(nb, 6, generator=g)
-    fid = HeadFidelity(mass, vbar @ vbar.T, lambda p: pattern_block_mask(p, lay), rank=nb)
+    fid = HeadFidelity(mass, vbar, lambda p: pattern_block_mask(p, lay))  # V̄ is a factor of V̄ V̄ᵀ
     p = mass / mass.sum(-1, keepdim=True)
     n = mass.sum(-1)
     dense = p @ vbar
@@ -69,7 +80,7 @@ def test_fidelity_sees_redundant_frames_that_recall_does_not():
     g = torch.Generator().manual_seed(3)
     per_place = torch.randn(nh, nw, 4, generator=g)  # the same values in every frame
     vbar = per_place[coords[:, 1], coords[:, 2]]
-    fid = HeadFidelity(mass, vbar @ vbar.T, lambda p: pattern_block_mask(p, lay), rank=nb)
+    fid = HeadFidelity(mass, gram_factor(vbar @ vbar.T), lambda p: pattern_block_mask(p, lay))
     frames = Pattern.local(0, nh, nw)  # the query's own frame, whole
     stripe = Pattern.local(nt - 1, 1, nw)  # one tile row through every frame
     kept = {p: float(pattern_block_mask(p, lay).float().mean()) for p in (frames, stripe)}
@@ -82,18 +93,17 @@ def test_profile_round_trip_keeps_value_statistics(tmp_path):
     nb = TileLayout(geo, (1, 4, 16), 64).num_blocks
     mass = torch.rand(1, 2, 3, nb, nb) + 0.1
     mass = mass / mass.sum(-1, keepdim=True) * 64
-    a = torch.randn(1, 2, 3, nb, 4)
-    gram = a @ a.transpose(-1, -2)
-    prof = Profile.from_block_mass(mass, geometry=geo, tile=(1, 4, 16), block_size=64, value_gram=gram)
+    fac = torch.randn(1, 2, 3, nb, 4)
+    prof = Profile.from_block_mass(mass, geometry=geo, tile=(1, 4, 16), block_size=64, value_factor=fac)
     assert prof.has_values
     back = Profile.load(prof.save(tmp_path / "p"), verify=True)
     assert back.has_values
-    torch.testing.assert_close(back.value_gram(0, 1), gram[0, 1])
+    torch.testing.assert_close(back.value_factor(0, 1), fac[0, 1])
     plain = Profile.load(Profile.from_block_mass(mass, geometry=geo, tile=(1, 4, 16), block_size=64)
                          .save(tmp_path / "q"))
-    assert not plain.has_values and plain.value_gram(0, 0) is None
-    with pytest.raises(InputError, match="value_gram"):
-        Profile.from_block_mass(mass, geometry=geo, tile=(1, 4, 16), block_size=64, value_gram=gram[..., :3])
+    assert not plain.has_values and plain.value_factor(0, 0) is None
+    with pytest.raises(InputError, match="value_factor"):
+        Profile.from_block_mass(mass, geometry=geo, tile=(1, 4, 16), block_size=64, value_factor=fac[..., :3, :])
 
 
 def _with_values(prof: Profile, seed: int) -> Profile:
@@ -103,11 +113,10 @@ def _with_values(prof: Profile, seed: int) -> Profile:
     g = torch.Generator().manual_seed(seed)
     _, nh, nw = lay.grid_thw
     places = torch.randn(prof.num_heads, nh, nw, 8, generator=g)
-    vbar = places[:, coords[:, 1], coords[:, 2]]  # [H, NB, 8]
-    gram = vbar @ vbar.transpose(1, 2)
+    vbar = places[:, coords[:, 1], coords[:, 2]]  # [H, NB, 8]: a factor of V̄ V̄ᵀ
     mass = {k: prof.mass(*k) for k in prof.keys()}
     return Profile.from_block_mass(mass, geometry=prof.geometry, tile=prof.tile, block_size=prof.block_size,
-                                   buckets=prof.buckets, value_gram={k: gram for k in prof.keys()})
+                                   buckets=prof.buckets, value_factor={k: vbar for k in prof.keys()})
 
 
 def test_search_objective_fidelity(tmp_path):
@@ -136,8 +145,8 @@ def test_search_objective_fidelity(tmp_path):
         tot = 0.0
         for layer in cfg.buckets[0].layers:
             for h in layer.heads:
-                m, gram = prof.mass(0, layer.layer)[h.head], prof.value_gram(0, layer.layer)[h.head]
-                tot += HeadFidelity(m, gram, scorer.block_mask).fidelity(h.pattern)
+                m, fac = prof.mass(0, layer.layer)[h.head], prof.value_factor(0, layer.layer)[h.head]
+                tot += HeadFidelity(m, fac, scorer.block_mask).fidelity(h.pattern)
         return tot / (cfg.num_layers * cfg.num_heads)
 
     assert mean_fid(res.config) >= mean_fid(rec.config) - 1e-9

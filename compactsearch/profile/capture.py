@@ -32,7 +32,10 @@ from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
 
-__all__ = ["block_mass", "masked_block_mass", "value_block_gram", "BlockMassCapture", "PromptCapture"]
+__all__ = ["block_mass", "masked_block_mass", "value_block_gram", "gram_factor", "merge_factors", "VALUE_RANK",
+           "BlockMassCapture", "PromptCapture"]
+
+VALUE_RANK = 32  # eigenvectors kept of each head's value Gram matrix (3 MB per Wan-14B 720p layer, not 56)
 
 
 def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -95,14 +98,36 @@ def value_block_gram(v: torch.Tensor, block_size: int, key_valid: int | None = N
     return means @ means.transpose(1, 2)
 
 
+def gram_factor(gram: torch.Tensor, rank: int = VALUE_RANK) -> torch.Tensor:
+    """``U`` ``[..., N, r]`` with ``U Uᵀ`` the best rank-``r`` approximation of the PSD ``gram`` ``[..., N, N]``
+    (batched over leading dims; ``r = min(rank, N)``)."""
+    g = gram.float()
+    g = 0.5 * (g + g.transpose(-1, -2))
+    scale = g.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)[..., None, None]
+    evals, evecs = torch.linalg.eigh(g / scale)
+    r = min(rank, g.shape[-1])
+    top = evals[..., -r:].clamp_min(0.0) * scale[..., 0]
+    return evecs[..., -r:] * top.sqrt()[..., None, :]
+
+
+def merge_factors(factors: Sequence[torch.Tensor], rank: int = VALUE_RANK) -> torch.Tensor:
+    """The rank-``rank`` factor of the mean of ``U_p U_pᵀ`` over ``factors`` ``[..., N, r_p]`` (exact up to the
+    final truncation: the concatenation ``[U_1 .. U_P] / sqrt(P)`` is a factor of the mean)."""
+    cat = torch.cat([f.float() for f in factors], -1) / math.sqrt(len(factors))
+    if cat.shape[-1] <= rank:
+        return cat
+    u, s, _ = torch.linalg.svd(cat, full_matrices=False)
+    return u[..., :rank] * s[..., None, :rank]
+
+
 @dataclass
 class PromptCapture:
     """What one prompt produced: mean block mass per (bucket, layer) and the kept samples.
 
     Attributes:
         mass: ``(bucket, layer) -> [H, NQB, NKB]`` float32 on CPU, mean over the bucket's captured calls.
-        value_gram: ``(bucket, layer) -> [H, NKB, NKB]`` float32 on CPU, mean over the same calls of ``V̄ V̄ᵀ``
-            (`compactsearch.search.fidelity.value_block_gram`).
+        value_factor: ``(bucket, layer) -> [H, NKB, r]`` float32 on CPU: ``U`` with ``U Uᵀ`` the best rank-``r``
+            approximation of the mean over the same calls of ``V̄ V̄ᵀ`` (`value_block_gram`, `gram_factor`).
         calls: ``(bucket, layer) -> number of captured (step, batch item) pairs``.
         samples: ``layer -> {name: tensor}`` (see the module docstring).
         experts: ``bucket -> sorted expert indices`` that ran in it.
@@ -112,7 +137,7 @@ class PromptCapture:
     calls: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
     experts: dict = field(default_factory=dict)
-    value_gram: dict = field(default_factory=dict)
+    value_factor: dict = field(default_factory=dict)
 
 
 class BlockMassCapture:
@@ -220,6 +245,6 @@ class BlockMassCapture:
     def prompt_result(self) -> PromptCapture:
         """The finished prompt: means over each bucket's captured calls, on CPU."""
         mass = {key: (s / self._counts[key]).cpu() for key, s in self._sums.items()}
-        grams = {key: (g / self._counts[key]).cpu() for key, g in self._grams.items()}
+        factors = {key: gram_factor(g / self._counts[key], VALUE_RANK).cpu() for key, g in self._grams.items()}
         experts = {b: sorted(e) for b, e in self._experts.items()}
-        return PromptCapture(mass, dict(self._counts), dict(self._samples), experts, grams)
+        return PromptCapture(mass, dict(self._counts), dict(self._samples), experts, factors)

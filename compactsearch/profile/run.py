@@ -34,7 +34,7 @@ from compactsearch._io import atomic_write_text, atomic_write_with, dump_yaml, r
 from compactsearch.adapters import AttentionContext, get_adapter, install, load_pipeline
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.profile.capture import BlockMassCapture, PromptCapture
+from compactsearch.profile.capture import BlockMassCapture, PromptCapture, merge_factors
 from compactsearch.profile.recipe import Recipe
 from compactsearch.profile.store import Profile
 
@@ -134,7 +134,7 @@ def _prepare_work_dir(work: Path, recipe: Recipe, resume: bool) -> None:
 
 def _save_prompt(path: Path, i: int, recipe: Recipe, cap: PromptCapture, sink: BlockMassCapture) -> None:
     tensors = {f"mass.b{b}.l{l}": m.to(torch.float16).contiguous() for (b, l), m in cap.mass.items()}
-    tensors.update({f"gram.b{b}.l{l}": g.contiguous() for (b, l), g in cap.value_gram.items()})
+    tensors.update({f"vfac.b{b}.l{l}": f.contiguous() for (b, l), f in cap.value_factor.items()})
     for layer, s in cap.samples.items():
         for name, t in s.items():
             tensors[f"sample.l{layer}.{name}"] = t.contiguous()
@@ -197,12 +197,12 @@ def merge_work_dir(work: Path, recipe: Recipe, out: Path, model_meta: dict | Non
             mass[(b, l)] = stack.mean(0)
             if recipe.per_prompt:
                 per_prompt[(b, l)] = stack
-        gram_keys = sorted({k for k in handles[0].keys() if k.startswith("gram.")})
-        value_gram = {}
-        if gram_keys and all(set(gram_keys) <= set(h.keys()) for h in handles):  # older prompt files lack them
-            for key in gram_keys:
+        fac_keys = sorted({k for k in handles[0].keys() if k.startswith("vfac.")})
+        value_factor = {}
+        if fac_keys and all(set(fac_keys) <= set(h.keys()) for h in handles):  # older prompt files lack them
+            for key in fac_keys:
                 b, l = (int(x[1:]) for x in key.split(".")[1:])
-                value_gram[(b, l)] = torch.stack([h.get_tensor(key).float() for h in handles]).mean(0)
+                value_factor[(b, l)] = merge_factors([h.get_tensor(key) for h in handles])
         samples = {}
         for h in handles:
             names = [k for k in h.keys() if k.startswith("sample.")]
@@ -225,7 +225,7 @@ def merge_work_dir(work: Path, recipe: Recipe, out: Path, model_meta: dict | Non
         mass, geometry=geometry, tile=tile, block_size=block_size, buckets=[list(b) for b in recipe.buckets],
         num_steps=recipe.steps, per_prompt=per_prompt or None, prompts=list(recipe.prompts),
         seeds=[recipe.seed_of(i) for i in range(len(recipe.prompts))], model=model, recipe=recipe.to_dict(),
-        samples=samples or None, value_gram=value_gram or None,
+        samples=samples or None, value_factor=value_factor or None,
     )
     prof.save(out)
     return prof

@@ -7,9 +7,10 @@ Directory layout (format ``compactsearch-profile/v1``)::
     mass/b{B}_l{L}.safetensors
                               "mass": [H, NQB, NKB] float16, mean over prompts, tile order; a query block's
                               row sums to its token count. Optional "per_prompt": [P, H, NQB, NKB] float16.
-                              Optional "value_gram": [H, NKB, NKB] float32, the mean over calls of V̄ V̄ᵀ
-                              (V̄: per key block the mean value vector), for the search's output fidelity
-                              (`compactsearch.search.fidelity`); profiles without it are searched on recall.
+                              Optional "value_factor": [H, NKB, r] float32 (r <= 32), U with U Uᵀ the best
+                              rank-r approximation of the mean over calls of V̄ V̄ᵀ (V̄: per key block the mean
+                              value vector), for the search's output fidelity (`compactsearch.search.fidelity`);
+                              profiles without it are searched on recall.
     samples/l{L}.safetensors  optional captured tensors for `validate` (keys chosen by the capture code)
     stats.parquet             one row per (bucket, layer, head, prompt); prompt -1 is the mean over prompts
 
@@ -82,7 +83,7 @@ class Profile:
     values: bool = False
     _mass: dict = field(default_factory=dict, repr=False)
     _prompt_mass: dict = field(default_factory=dict, repr=False)
-    _value_gram: dict = field(default_factory=dict, repr=False)
+    _value_factor: dict = field(default_factory=dict, repr=False)
     _samples: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------- shape
@@ -129,16 +130,17 @@ class Profile:
 
     @property
     def has_values(self) -> bool:
-        """Whether the profile carries value statistics (``value_gram``) for every (bucket, layer)."""
+        """Whether the profile carries value statistics (``value_factor``) for every (bucket, layer)."""
         return self.values
 
-    def value_gram(self, bucket: int, layer: int) -> torch.Tensor | None:
-        """Mean Gram matrix of the key blocks' mean values ``[H, NKB, NKB]`` float32, or None."""
-        if (bucket, layer) in self._value_gram:
-            return self._value_gram[(bucket, layer)].float()
+    def value_factor(self, bucket: int, layer: int) -> torch.Tensor | None:
+        """``U`` ``[H, NKB, r]`` float32 with ``U Uᵀ`` ~ the mean Gram matrix of the key blocks' mean values, or
+        None when the profile has no value statistics."""
+        if (bucket, layer) in self._value_factor:
+            return self._value_factor[(bucket, layer)].float()
         if self.root is None:
             return None
-        t = self._load(bucket, layer).get("value_gram")
+        t = self._load(bucket, layer).get("value_factor")
         return None if t is None else t.float()
 
     def samples(self, layer: int) -> dict[str, torch.Tensor] | None:
@@ -176,7 +178,7 @@ class Profile:
         model: dict | None = None,
         recipe: dict | None = None,
         samples: dict[int, dict[str, torch.Tensor]] | None = None,
-        value_gram: MassInput | None = None,
+        value_factor: MassInput | None = None,
     ) -> Profile:
         """Build a profile from block-mass tensors.
 
@@ -191,8 +193,9 @@ class Profile:
             per_prompt: optional ``[NB, L, P, H, NQB, NKB]`` or mapping ``(bucket, layer) -> [P, H, NQB, NKB]``.
             prompts, seeds, model, recipe: provenance kept in the metadata.
             samples: optional ``layer -> {name: tensor}`` captured tensors for validation.
-            value_gram: optional ``[NB, L, H, NKB, NKB]`` or mapping ``(bucket, layer) -> [H, NKB, NKB]``: the
-                mean of ``V̄ V̄ᵀ`` (`compactsearch.search.fidelity.value_block_gram`) for the output fidelity.
+            value_factor: optional ``[NB, L, H, NKB, r]`` or mapping ``(bucket, layer) -> [H, NKB, r]``: a factor
+                ``U`` of the mean of ``V̄ V̄ᵀ`` (``U Uᵀ``; `compactsearch.profile.capture.value_block_gram`,
+                `gram_factor`), or ``V̄`` itself, for the output fidelity.
         """
         masses = _as_dict(mass, 0, "mass")
         if not masses:
@@ -221,13 +224,13 @@ class Profile:
         pp = _as_dict(per_prompt, 1, "per_prompt")
         if pp and set(pp) != set(masses):
             raise InputError("per_prompt must cover the same (bucket, layer) pairs as mass")
-        vg = _as_dict(value_gram, 0, "value_gram")
+        vg = _as_dict(value_factor, 0, "value_factor")
         if vg:
             if set(vg) != set(masses):
-                raise InputError("value_gram must cover the same (bucket, layer) pairs as mass")
+                raise InputError("value_factor must cover the same (bucket, layer) pairs as mass")
             for (b, l), t in vg.items():
-                if tuple(t.shape) != (H, nblk, nblk) or not torch.isfinite(t).all():
-                    raise InputError(f"value_gram[{b}, {l}] must be a finite [H={H}, {nblk}, {nblk}] tensor, got "
+                if t.dim() != 3 or tuple(t.shape[:2]) != (H, nblk) or not torch.isfinite(t).all():
+                    raise InputError(f"value_factor[{b}, {l}] must be a finite [H={H}, {nblk}, r] tensor, got "
                                      f"{tuple(t.shape)}")
         n_prompts = next(iter(pp.values())).shape[0] if pp else 0
         prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(n_prompts)]
@@ -247,7 +250,7 @@ class Profile:
             values=bool(vg),
             _mass={k: v.detach().float().cpu() for k, v in masses.items()},
             _prompt_mass={k: v.detach().float().cpu() for k, v in pp.items()},
-            _value_gram={k: v.detach().float().cpu() for k, v in vg.items()},
+            _value_factor={k: v.detach().float().cpu() for k, v in vg.items()},
             _samples=dict(samples or {}),
         )
         prof.stats = prof.compute_stats()
@@ -298,9 +301,9 @@ class Profile:
                 pm = self.prompt_mass(b, l)
                 if pm is not None:
                     tensors["per_prompt"] = pm.to(torch.float16).contiguous()
-                vg = self.value_gram(b, l)
-                if vg is not None:
-                    tensors["value_gram"] = vg.contiguous()
+                vf = self.value_factor(b, l)
+                if vf is not None:
+                    tensors["value_factor"] = vf.contiguous()
                 name = f"mass/b{b}_l{l}.safetensors"
                 save_file(tensors, str(tmp / name))
                 hashes[name] = sha256_file(tmp / name)
@@ -317,7 +320,7 @@ class Profile:
             self.hashes = hashes
             (tmp / "profile.yaml").write_text(dump_yaml(self._meta()))
         self.root = directory
-        self._mass, self._prompt_mass, self._samples, self._value_gram = {}, {}, {}, {}
+        self._mass, self._prompt_mass, self._samples, self._value_factor = {}, {}, {}, {}
         return directory
 
     @classmethod

@@ -179,7 +179,7 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
         out["stats"] = [{"bucket": b, "layer": l, "head": h, "prompt": -1, **s}
                         for h, s in enumerate(head_stats(mass, layout))]
     row_total = mass.sum(-1, dtype=torch.float64)
-    gram = profile.value_gram(b, l) if cfg_idx and profile.has_values else None
+    factor = profile.value_factor(b, l) if cfg_idx and profile.has_values else None
     for ci in cfg_idx:
         vals = np.full((5, H), np.nan)
         for hc in w["config"].buckets[ci].layers[l].heads:
@@ -190,8 +190,8 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
                       else tile_mask(p, layout))
                 w["waste"][p] = layout.tiling_waste(tm, scorer.block_mask(p))
             vals[:4, h] = (sc.recall, sc.recall_min, sc.blocks / (nb * nb), w["waste"][p])
-            if gram is not None:
-                vals[4, h] = HeadFidelity(mass[h], gram[h], scorer.block_mask).fidelity(p)
+            if factor is not None:
+                vals[4, h] = HeadFidelity(mass[h], factor[h], scorer.block_mask).fidelity(p)
         out["cfg"][ci] = vals
     if maps:
         hs = w["panel_heads"][l]

@@ -16,8 +16,9 @@ their token counts, is
 
     err(S) = Σ_q n_q (w_q - p_q)ᵀ G (w_q - p_q) / Σ_q n_q p_qᵀ G p_q,     w_q = p_q ⊙ 1_S / r_q,
 
-and ``fidelity = 1 - err``. ``G`` is factored once per head, ``G ≈ U Uᵀ`` with the top ``rank`` eigenvectors,
-so a pattern costs ``NQB x NKB x rank`` multiply-adds. Within-block variation of ``v`` is not seen (a block is
+and ``fidelity = 1 - err``. The profile stores ``G`` factored, ``G ≈ U Uᵀ`` with its top 32 eigenvectors
+(`compactsearch.profile.capture.gram_factor`; 3 MB per Wan-14B 720p layer instead of 56), so a pattern costs
+``NQB x NKB x r`` multiply-adds. Within-block variation of ``v`` is not seen (a block is
 kept or dropped whole, so it only scales the error), and the expectation is over the profiled calls.
 """
 
@@ -30,18 +31,7 @@ import torch
 from compactsearch.errors import InputError
 from compactsearch.patterns import Pattern
 
-__all__ = ["HeadFidelity", "gram_factor"]
-
-
-def gram_factor(gram: torch.Tensor, rank: int) -> torch.Tensor:
-    """``U`` ``[NKB, r]`` with ``U Uᵀ`` the best rank-``r`` approximation of the PSD ``gram`` ``[NKB, NKB]``."""
-    g = gram.float()
-    g = 0.5 * (g + g.T)
-    scale = float(g.diagonal().abs().max()) or 1.0
-    evals, evecs = torch.linalg.eigh(g / scale)
-    r = min(rank, g.shape[0])
-    top = evals[-r:].clamp_min(0.0) * scale
-    return evecs[:, -r:] * top.sqrt()
+__all__ = ["HeadFidelity"]
 
 
 class HeadFidelity:
@@ -49,25 +39,24 @@ class HeadFidelity:
 
     Args:
         mass: ``[NQB, NKB]`` block mass (rows sum to the query block's token count).
-        gram: ``[NKB, NKB]`` mean Gram matrix of the key blocks' mean values.
+        factor: ``[NKB, r]`` ``U`` with ``U Uᵀ`` the mean Gram matrix of the key blocks' mean values.
         block_mask: ``pattern -> [NQB, NKB]`` bool block mask (e.g. `ExactScorer.block_mask`, cached).
-        rank: eigenvectors kept of ``gram``.
         max_rows: query blocks used at most (evenly spaced, always the same ones) to bound the cost on large
             grids; the error is then an estimate over those rows.
     """
 
-    def __init__(self, mass: torch.Tensor, gram: torch.Tensor, block_mask: Callable[[Pattern], torch.Tensor],
-                 rank: int = 32, max_rows: int = 128):
+    def __init__(self, mass: torch.Tensor, factor: torch.Tensor, block_mask: Callable[[Pattern], torch.Tensor],
+                 max_rows: int = 128):
         nq, nk = mass.shape
-        if tuple(gram.shape) != (nk, nk):
-            raise InputError(f"value Gram matrix has shape {tuple(gram.shape)}; expected [{nk}, {nk}]")
+        if factor.dim() != 2 or factor.shape[0] != nk:
+            raise InputError(f"value factor has shape {tuple(factor.shape)}; expected [{nk}, r]")
         self.block_mask = block_mask
         self.rows = None if nq <= max_rows else torch.linspace(0, nq - 1, max_rows).round().long().unique()
         m = mass.double() if self.rows is None else mass.double()[self.rows]
         n = m.sum(-1)  # token counts (0 for rows the profile never saw)
         self.p = m / n.clamp_min(1e-300)[:, None]
         self.weight = n
-        self.U = gram_factor(gram, rank).double()  # [NKB, r]
+        self.U = factor.double()  # [NKB, r]
         self.dense_out = self.p @ self.U  # [NQB', r]
         self.den = float((self.weight * self.dense_out.square().sum(-1)).sum())
 

@@ -299,13 +299,17 @@ def _search_unit(b: int, l: int, heads: list[int]) -> list[HeadResult]:
     if pm is not None:
         _check_mass(prof, b, l, pm, "per-prompt block mass")
     calib, held = unit_masses(mass, pm, w["split"])
-    gram = prof.value_gram(b, l) if w.get("fidelity") else None
-    if gram is not None:
-        _check_mass(prof, b, l, gram, "value Gram matrix")
+    factor = prof.value_factor(b, l) if w.get("fidelity") else None
+    if factor is not None:
+        nb = prof.layout().num_blocks
+        if factor.dim() != 3 or tuple(factor.shape[:2]) != (prof.num_heads, nb) or not torch.isfinite(factor).all():
+            raise InputError(f"profile {prof.root}: value factor of bucket {b}, layer {l} has shape "
+                             f"{tuple(factor.shape)} or non-finite values, expected [{prof.num_heads}, {nb}, r]; "
+                             "re-run the profile or use --objective recall")
     out = []
     for h in heads:
         ht = HeadTables(w["tables"], calib[h])
-        fid = None if gram is None else HeadFidelity(calib[h], gram[h], w["scorer"].block_mask)
+        fid = None if factor is None else HeadFidelity(calib[h], factor[h], w["scorer"].block_mask)
         out.append(search_head(ht, w["scorer"], calib[h], w["space"], w["settings"],
                                _head_seed(w["seed"], b, l, h), (b, l, h),
                                None if held is None else held[h], w["keep_trials"], fid))

@@ -40,8 +40,10 @@ __all__ = [
 ]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# "auto" work order: head by head once one head's K + V pass this (75,600 x 128 bf16 is 36.9 MiB, 69,120 is 33.8).
-HEAD_ORDER_KV_BYTES = 35 * 2**20
+# "auto" work order: head by head once one head's K + V pass this (75,600 x 128 bf16 is 36.9 MiB, 69,120 is 33.8,
+# 32,760 is 16.0). 24 MiB since the 12:30 sweep: at 69,120 head order was 0.1-4.5% faster than heaviest-first at
+# every density (KERNEL_NOTES.md section 10).
+HEAD_ORDER_KV_BYTES = 24 * 2**20
 HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 # Where heads that keep every block run: PyTorch's fused SDPA (cuDNN first), or this package's Triton kernel.
 DENSE_HEADS = ("sdpa", "kernel")
@@ -59,7 +61,8 @@ class AttnConfig:
     ``rescale_threshold`` > 0: lazy rescaling (FA4): the accumulator is rescaled only when a row max grows by
     more than this many log2 units (exact result; 0 rescales every tile). ``exp_poly``: half the softmax
     exponentials by an FMA polynomial instead of MUFU (FA4's split). ``order``: launch order of the work
-    items, ``"lpt"`` (heaviest first over all heads), ``"head"`` (head by head, heaviest first in each), or
+    items, ``"lpt"`` (heaviest first over all heads), ``"head"`` (head by head, heaviest first in each),
+    ``"natural"`` (head by head, query blocks in tile order), or
     ``"auto"``: ``"head"`` when one head's K and V exceed `HEAD_ORDER_KV_BYTES` (then programs of several
     heads running together would share the H200's 50 MB L2 poorly), else ``"lpt"``.
     ``one_trip`` (lazy rescaling, TMA path only): run the main loop at least once so no zero-trip path exists;

@@ -329,7 +329,9 @@ def _work_order(mask: BlockSparseMask, order: str) -> torch.Tensor:
     """``[H * NQB]`` int32 work items (``head * NQB + q_block``) in launch order.
 
     ``"lpt"``: heaviest first over all heads (longest-processing-time). ``"head"``: head by head, heaviest
-    first within each head (programs running together share one head's keys and values in L2).
+    first within each head (programs running together share one head's keys and values in L2). ``"natural"``:
+    head by head, query blocks in tile order (neighbouring query tiles, which read mostly the same key blocks,
+    run together).
     """
     if order == "lpt":
         return mask.heaviest_first().contiguous()
@@ -337,7 +339,9 @@ def _work_order(mask: BlockSparseMask, order: str) -> torch.Tensor:
         counts = mask.kv_num_blocks.long()
         key = torch.arange(counts.shape[0], device=counts.device)[:, None] * (counts.shape[1] * 256 + 1) - counts
         return torch.argsort(key.flatten(), stable=True).to(torch.int32).contiguous()
-    raise ValueError(f"order must be 'lpt' or 'head', got {order!r}")
+    if order == "natural":
+        return torch.arange(mask.kv_num_blocks.numel(), dtype=torch.int32, device=mask.kv_num_blocks.device)
+    raise ValueError(f"order must be 'lpt', 'head' or 'natural', got {order!r}")
 
 
 def _mask_tensors(mask: BlockSparseMask, order: str = "lpt") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,6 +8,11 @@ prints its wall time; the acceptance target is <= 10 minutes on a 2-core machine
 
     python benchmarks/search.py                       # profile in /tmp/compactsearch-bench (~3.3 GB)
     python benchmarks/search.py --work DIR --budget 0.3
+    python benchmarks/search.py --work DIR --values   # + value statistics: the fidelity objective (~3.7 GB)
+
+With ``--values`` every head also gets a rank-32 value factor (the profile's ``value_factor``): block-mean values
+that repeat across frames (one random vector per spatial tile position, plus a little per-block noise), so the
+search runs its default objective, output fidelity.
 
 The profile is written float16 (as `Profile.save` always does) and takes a minute or two to build.
 """
@@ -42,7 +47,19 @@ BUCKETS = [(15, 25), (25, 35), (35, 50)]
 
 
 class SyntheticProfile(Profile):
-    """A profile whose mass is generated per (bucket, layer) on demand, so `save` streams it to disk."""
+    """A profile whose mass (and value factors) are generated per (bucket, layer) on demand, so `save` streams
+    them to disk."""
+
+    def value_factor(self, bucket: int, layer: int) -> torch.Tensor | None:
+        if self.root is not None or not self.values:
+            return super().value_factor(bucket, layer)
+        layout = TileLayout(GEOMETRY, TILE, 128)
+        gen = torch.Generator().manual_seed(7919 * bucket + layer)
+        coords = layout.tile_coords[layout.order][layout.block_first_tile]  # [NB, 3] first tile of each block
+        _, nh, nw = layout.grid_thw
+        places = torch.randn(HEADS, nh, nw, 32, generator=gen)
+        noise = 0.2 * torch.randn(HEADS, layout.num_blocks, 32, generator=gen)
+        return places[:, coords[:, 1], coords[:, 2]] + noise
 
     def mass(self, bucket: int, layer: int) -> torch.Tensor:
         if self.root is not None:
@@ -54,11 +71,11 @@ class SyntheticProfile(Profile):
                             for _ in range(HEADS)])
 
 
-def build(path: Path) -> None:
+def build(path: Path, values: bool = False) -> None:
     torch.set_num_threads(1)
-    prof = SyntheticProfile(geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS, tile=TILE, block_size=128,
-                            buckets=BUCKETS, num_steps=50, model={"id": "synthetic-wan2.1-14b-720p", "adapter": "wan",
-                                                                  "heads": HEADS, "head_dim": 128},
+    model = {"id": "synthetic-wan2.1-14b-720p", "adapter": "wan", "heads": HEADS, "head_dim": 128}
+    prof = SyntheticProfile(values=values, geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS, tile=TILE,
+                            block_size=128, buckets=BUCKETS, num_steps=50, model=model,
                             recipe={"profile": {"dense_warmup": 15}}, stats=pd.DataFrame({"bucket": []}))
     t = time.perf_counter()
     prof.save(path)
@@ -70,10 +87,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/compactsearch-bench"))
     ap.add_argument("--budget", type=float, default=0.3)
     ap.add_argument("--workers", type=int, default=None, help="default: CPU cores")
+    ap.add_argument("--values", action="store_true", help="give the profile value factors (fidelity objective)")
     args = ap.parse_args()
-    prof_dir = args.work / "wan14b-720p-profile"
+    prof_dir = args.work / ("wan14b-720p-profile-values" if args.values else "wan14b-720p-profile")
     if not (prof_dir / "profile.yaml").exists():
-        build(prof_dir)
+        build(prof_dir, args.values)
     out = args.work / "config.yaml"
     cmd = [sys.executable, "-m", "compactsearch", "search", str(prof_dir), "--budget", str(args.budget),
            "--out", str(out), "--json"]
@@ -98,7 +116,8 @@ def main() -> None:
           f"CPU time {cpu:.0f} s (all processes; {cpu / (LAYERS * HEADS * len(BUCKETS)) * 1e3:.0f} ms per head)")
     b = summary["baselines"]
     print(f"density {summary['density']} (budget {args.budget}), recall mean {summary['recall_mean']}, "
-          f"min {summary['recall_min']}, heads below floor {summary['heads_below_floor']}")
+          f"min {summary['recall_min']}, heads below floor {summary['heads_below_floor']}, objective "
+          f"{summary.get('objective')}, fidelity mean {summary.get('fidelity_mean', '-')}")
     print(f"at recall {b['tau']}: search {b['density_search']}, greedy {b['density_greedy']}, "
           f"best cube {b['density_best_cube']} (saved vs cube {b['density_saved_vs_best_cube']})")
 

@@ -193,22 +193,9 @@ def _regions(layout: TileLayout) -> list[tuple]:
 def _tile_mask_pieces(patterns: Sequence[Pattern], layout: TileLayout):
     """Yield ``(row_start, col_start, piece)``: the sequence-order tile mask of the patterns, one rectangle
     ``[P, rows, cols]`` bool per pair of product sub-grids (see `tile_masks`)."""
-    nt, nh, nw = layout.grid_thw
-    ns, P = nh * nw, len(patterns)
-    G = max([len(p.groups) for p in patterns if not p.is_dense] + [1])
-    # uint8 0/1 factors: broadcast uint8 products vectorise far better on CPU than bool ANDs or matmuls.
-    temporal = torch.zeros(P, G, nt, nt, dtype=torch.uint8)
-    spatial = torch.zeros(P, G, ns, ns, dtype=torch.uint8)
-    ar = torch.arange(nt)
-    dist = (ar[:, None] - ar[None, :]).abs()
-    for pi, p in enumerate(patterns):
-        if p.is_dense:
-            temporal[pi, 0] = 1
-            spatial[pi, 0] = 1
-            continue
-        for gi, g in enumerate(p.groups):
-            temporal[pi, gi] = (dist >= g.dt_lo) & (dist <= g.dt_hi)
-            spatial[pi, gi] = _spatial(nh, nw, g.windows)
+    nw = layout.grid_thw[2]
+    temporal, spatial = _factors(patterns, layout)
+    P, G = temporal.shape[:2]
     for ta, ha, wa, pos_a, start_a, perm_a in _regions(layout):
         sa = (ha[:, None] * nw + wa[None, :]).flatten()
         t_rows, s_rows = temporal[:, :, ta], spatial[:, :, sa]

@@ -28,6 +28,7 @@ computes bit for bit what it computed before.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,11 +98,12 @@ class AttentionTimer:
             proc._attend = timed  # an instance attribute shadows the method for this processor only
 
     def summary(self) -> dict:
-        """Seconds per denoising step, over every (pipeline call, step) recorded.
+        """Seconds per denoising step: the median over every (pipeline call, step) recorded, so the first steps'
+        one-off costs (Triton compiling the kernel for a new shape, cuDNN picking an algorithm) do not count.
 
         Returns:
             ``{"calls", "steps", "seconds_total", "seconds_per_step", "by_mode": {mode: seconds per step}}``:
-            ``calls`` attention calls, ``steps`` distinct (pipeline call, step) pairs.
+            ``calls`` attention calls, ``steps`` distinct (pipeline call, step) pairs, ``seconds_total`` the sum.
         """
         if any(not isinstance(s, float) for _, _, s, _ in self.records):
             torch.cuda.synchronize()
@@ -112,13 +114,12 @@ class AttentionTimer:
             per_step[step] = per_step.get(step, 0.0) + sec
             by_mode.setdefault(mode, {})
             by_mode[mode][step] = by_mode[mode].get(step, 0.0) + sec
-        total = sum(per_step.values())
         return {
             "calls": len(self.records),
             "steps": len(per_step),
-            "seconds_total": total,
-            "seconds_per_step": total / max(len(per_step), 1),
-            "by_mode": {m: sum(d.values()) / max(len(d), 1) for m, d in sorted(by_mode.items())},
+            "seconds_total": sum(per_step.values()),
+            "seconds_per_step": statistics.median(per_step.values()) if per_step else 0.0,
+            "by_mode": {m: statistics.median(d.values()) for m, d in sorted(by_mode.items())},
         }
 
 

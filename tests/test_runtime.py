@@ -123,6 +123,11 @@ def test_config_path_and_timer(wan, tmp_path):
     s = timer.summary()
     assert s["calls"] == 2 * 2 * 4 and s["steps"] == 4
     assert set(s["by_mode"]) == {"dense", "sparse"} and s["by_mode"]["sparse"] > 0
+    # per step: the median over steps, so a one-off slow step (a kernel compiling) does not count
+    t0 = 0.0
+    timer.records = [((0, i), "sparse", t0, t0 + (5.0 if i == 0 else 0.01)) for i in range(5)]
+    s = timer.summary()
+    assert s["by_mode"]["sparse"] == pytest.approx(0.01) and s["seconds_total"] == pytest.approx(5.04)
 
 
 def test_tiny_video_pipeline_through_the_triton_kernel():

@@ -18,13 +18,13 @@ their token counts, is
 
 and ``fidelity = 1 - err``. The profile stores ``G`` factored, ``G ≈ U Uᵀ`` with its top 32 eigenvectors
 (`compactsearch.profile.capture.gram_factor`; 3 MB per Wan-14B 720p layer instead of 56), so a pattern costs
-``NQB x NKB x r`` multiply-adds. Within-block variation of ``v`` is not seen (a block is
-kept or dropped whole, so it only scales the error), and the expectation is over the profiled calls.
+``NQB x NKB x r`` multiply-adds. Within-block variation of ``v`` is not seen (a block is kept or dropped whole,
+so it only scales the error), and the expectation is over the profiled calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -76,6 +76,3 @@ class HeadFidelity:
     def fidelity(self, pattern: Pattern) -> float:
         """``1 - error``: 1 for dense, lower is worse."""
         return 1.0 - self.error(pattern)
-
-    def fidelities(self, patterns: Sequence[Pattern]) -> list[float]:
-        return [self.fidelity(p) for p in patterns]

@@ -126,11 +126,11 @@ class PromptCapture:
 
     Attributes:
         mass: ``(bucket, layer) -> [H, NQB, NKB]`` float32 on CPU, mean over the bucket's captured calls.
-        value_factor: ``(bucket, layer) -> [H, NKB, r]`` float32 on CPU: ``U`` with ``U Uᵀ`` the best rank-``r``
-            approximation of the mean over the same calls of ``V̄ V̄ᵀ`` (`value_block_gram`, `gram_factor`).
         calls: ``(bucket, layer) -> number of captured (step, batch item) pairs``.
         samples: ``layer -> {name: tensor}`` (see the module docstring).
         experts: ``bucket -> sorted expert indices`` that ran in it.
+        value_factor: ``(bucket, layer) -> [H, NKB, r]`` float32 on CPU: ``U`` with ``U Uᵀ`` the best rank-``r``
+            approximation of the mean over the same calls of ``V̄ V̄ᵀ`` (`value_block_gram`, `gram_factor`).
     """
 
     mass: dict = field(default_factory=dict)

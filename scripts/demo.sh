@@ -6,8 +6,9 @@
 #
 # RECIPE defaults to recipes/tiny.yaml (the bundled tiny model), --budget to 0.3, --out to demo-out. evaluate
 # also runs the best-single-cube and greedy baselines at the same density unless --no-baselines.
-# Writes DIR/config.yaml (the searched config), DIR/validation.json, DIR/evaluate.json, DIR/summary.json and
-# DIR/dense_vs_sparse.gif (dense | sparse side by side, first evaluation prompt). Uses $PYTHON (default:
+# Writes DIR/config.yaml (the searched config), DIR/validation.json, DIR/evaluate.json, DIR/summary.json,
+# DIR/dense_vs_sparse.gif (dense | sparse side by side, first evaluation prompt) and DIR/report/report.html
+# (`compactsearch report` of the profile and the config). Uses $PYTHON (default:
 # .venv/bin/python when it exists, else python3) with compactsearch installed.
 #
 # Example without the tiny model's weights (3 kernel blocks per call there: 0.33 is its cheapest density):
@@ -52,7 +53,7 @@ stage() {  # stage NAME OUTFILE CMD... : run, keep stdout (JSON) in OUTFILE, tim
   echo "$name $(echo "$(date +%s.%N) - $t" | bc)" >> "$OUT/times.txt"
 }
 : > "$OUT/times.txt"
-rm -rf "$OUT/profile" "$OUT/profile.work" "$OUT/config.yaml" "$OUT/config.yaml.optuna.db" "$OUT/videos"
+rm -rf "$OUT/profile" "$OUT/profile.work" "$OUT/config.yaml" "$OUT/config.yaml.optuna.db" "$OUT/videos" "$OUT/report"
 stage profile "$OUT/profile.json" "${CS[@]}" profile "$RECIPE" --out "$OUT/profile" --device "$DEVICE" --json
 stage search "$OUT/search.json" "${CS[@]}" search "$OUT/profile" --budget "$BUDGET" --out "$OUT/config.yaml" --json
 set +e
@@ -64,6 +65,7 @@ if [[ $BASELINES == 1 ]]; then BASE=(--baselines "$OUT/profile"); fi
 stage evaluate "$OUT/evaluate.json" "${CS[@]}" evaluate "$RECIPE" --config "$OUT/config.yaml" \
   "${BASE[@]}" --videos "$OUT/videos" --device "$DEVICE" "${PROMPTS[@]}" "${MAX_PROMPTS[@]}" --json
 cp "$(ls "$OUT"/videos/0_dense_vs_config.gif)" "$OUT/dense_vs_sparse.gif"
+stage report "$OUT/report.json" "${CS[@]}" report "$OUT/profile" --config "$OUT/config.yaml" --out "$OUT/report" --json
 TOTAL=$(echo "$(date +%s.%N) - $T0" | bc)
 
 "$PYTHON" - "$OUT" "$TOTAL" "$VALID" <<'PY'
@@ -88,6 +90,7 @@ summary = {
     "validation": "passed" if valid == 0 else f"failed (exit {valid})",
     "evaluation": {c["name"]: {"density": c["density"], "psnr": c["psnr"], "ssim": c["ssim"]} for c in ev["configs"]},
     "gif": str(out / "dense_vs_sparse.gif"),
+    "report": str(out / "report" / "report.html"),
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"\nprofile: {len(heads)} (bucket, layer, head) units, labels " + ", ".join(f"{k} {v}" for k, v in labels.items()))
@@ -97,6 +100,7 @@ print(f"evaluate ({len(ev['prompts'])} held-out prompts, PSNR / SSIM vs dense):"
 for c in ev["configs"]:
     print(f"  {c['name']:<10} density {c['density']:.3f}  PSNR {c['psnr']:6.2f} dB  SSIM {c['ssim']:.4f}")
 print(f"dense | sparse GIF: {summary['gif']}")
+print(f"report:  {summary['report']}")
 print("time: " + ", ".join(f"{k} {float(v):.0f}s" for k, v in times.items()) + f", total {total:.0f}s")
 PY
 exit "$VALID"

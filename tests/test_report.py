@@ -348,3 +348,22 @@ def test_tiny_random_wan_end_to_end(tmp_path, capsys):
     html = (tmp_path / "rep" / "report.html").read_text()
     check_self_contained(html)
     assert re.search(r"tiny-random-wan", html) and json.loads(stdout)["summary"]["heads"] == 2
+
+
+def test_output_error_heatmap_when_the_profile_has_value_statistics(tmp_path):
+    geo = VideoGeometry(5, 16, 16)
+    base, _ = planted_profile(geo, (1, 8, 8), 64, [["local", "global"], ["cross", "decay"]], seed=3)
+    nb = base.layout().num_blocks
+    factor = torch.randn(2, nb, 4, generator=torch.Generator().manual_seed(4))
+    prof = Profile.from_block_mass({k: base.mass(*k) for k in base.keys()}, geometry=geo, tile=base.tile,
+                                   block_size=64, buckets=base.buckets, value_factor={k: factor for k in base.keys()})
+    res = run_search(prof, SearchSettings(budget=0.5, trials=8), tmp_path / "cfg.yaml")
+    rep = build_report(prof, tmp_path / "rep", config=res.config)
+    assert (tmp_path / "rep" / "figures" / "04-output-error.png").stat().st_size > 0
+    html = rep.html.read_text()
+    assert "output fidelity, mean over heads" in html and "Estimated relative output error" in html
+    assert rep.summary["config"]["fidelity_mean"] == pytest.approx(res.summary["fidelity_mean"], abs=1e-4)
+    # without value statistics: no fidelity figure
+    plain = build_report(base, tmp_path / "rep2", config=res.config)
+    assert not (tmp_path / "rep2" / "figures" / "04-output-error.png").exists()
+    assert "fidelity_mean" not in plain.summary["config"]

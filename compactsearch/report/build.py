@@ -528,6 +528,19 @@ class _Page:
                              float(d.recall[ci, l, h]), float(d.recall_min[ci, l, h]), float(d.density[ci, l, h])])
             s.items.append(Table(["head", "label", "pattern", "recall", "worst block recall", "density"], rows,
                                  caption=f"Config bucket {ci}: the five heads with the lowest recall"))
+        if d.fidelity is not None and not np.isnan(d.fidelity).any():
+            s.paragraphs.append(
+                "Output fidelity (the profile has value statistics): 1 - the relative squared error of each head's "
+                "block-level attention output under its chosen pattern, estimated from the block mass and the key "
+                "blocks' mean values (compactsearch/search/fidelity.py). Heads whose dropped keys repeat what they "
+                "keep (e.g. the same place in other frames) lose mass but little output: recall can be low while "
+                "fidelity stays near 1.")
+            grids = [(self._cfg_title(ci), 1.0 - d.fidelity[ci]) for ci in range(len(self.config.buckets))]
+            s.items.append(self._fig(F.value_heatmaps(grids, "Estimated output error of the chosen patterns",
+                                                      "relative squared output error (1 - fidelity)", ".3f"),
+                                     "04-output-error.png",
+                                     "Estimated relative output error of every head's chosen pattern, per config "
+                                     "bucket (0 = the dense output).", "output error heatmaps"))
         return s
 
     def _pattern_for(self, b: int, l: int, h: int) -> tuple[Pattern | None, int | None]:

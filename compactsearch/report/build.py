@@ -528,7 +528,7 @@ class _Page:
                              float(d.recall[ci, l, h]), float(d.recall_min[ci, l, h]), float(d.density[ci, l, h])])
             s.items.append(Table(["head", "label", "pattern", "recall", "worst block recall", "density"], rows,
                                  caption=f"Config bucket {ci}: the five heads with the lowest recall"))
-        if d.fidelity is not None and not np.isnan(d.fidelity).any():
+        if d.fidelity is not None and d.fidelity.size and not np.isnan(d.fidelity).any():
             s.paragraphs.append(
                 "Output fidelity (the profile has value statistics): 1 - the relative squared error of each head's "
                 "block-level attention output under its chosen pattern, estimated from the block mass and the key "

@@ -163,12 +163,22 @@ def test_attention_lazy_rescale_moves_the_reference_max(use_tma):
 
 
 def test_attention_launch_orders_give_identical_output():
-    """Head-by-head and global heaviest-first launch orders: each program's work is unchanged, so bitwise equal."""
+    """Launch orders (global heaviest-first, head by head, tile order): each program's work is unchanged, so the
+    outputs are bitwise equal."""
     q, k, v = (_rand(1, 3, 200, 64, dtype=torch.float16) for _ in range(3))
     mask = _random_mask(3, 200, 64, 64, 0.4, "back", 20)
     outs = [_check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1,
-                                                                 order=order)) for order in ("lpt", "head", "auto")]
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+                                                                 order=order))
+            for order in ("lpt", "head", "natural", "auto")]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    from compact_attn.attention import _work_order
+
+    natural = _work_order(mask, "natural")
+    assert torch.equal(natural, torch.arange(3 * mask.num_q_blocks, dtype=torch.int32))
+    for order in ("lpt", "head"):  # every order is a permutation of the same work items
+        assert torch.equal(torch.sort(_work_order(mask, order)).values, natural)
+    with pytest.raises(ValueError, match="order must be"):
+        _work_order(mask, "random")
 
 
 def test_attention_exp2_polynomial_split():

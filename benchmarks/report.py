@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
 
+from _timing import timed  # noqa: E402
 from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig  # noqa: E402
@@ -95,20 +94,6 @@ def build(path: Path, config_path: Path) -> None:
     Config(model_id="synthetic-wan2.1-14b-720p", adapter="wan", geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS,
            head_dim=128, tile=TILE, block_size=128, num_steps=STEPS, dense_warmup=WARMUP, buckets=buckets,
            provenance={"kind": "planted"}).save(config_path)
-
-
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")])}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if res.returncode:
-        print(res.stderr[-3000:])
-        raise SystemExit(res.returncode)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, res.stdout
 
 
 def main() -> None:

@@ -20,10 +20,9 @@ The profile is written float16 (as `Profile.save` always does) and takes a minut
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
 
+from _timing import timed  # noqa: E402
 from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.geometry import VideoGeometry  # noqa: E402
@@ -97,19 +97,8 @@ def main() -> None:
            "--out", str(out), "--json"]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")])}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if res.returncode:
-        print(res.stderr[-3000:])
-        raise SystemExit(res.returncode)
-    import json
-
-    summary = json.loads(res.stdout)["summary"]
+    wall, cpu, stdout = timed(cmd)
+    summary = json.loads(stdout)["summary"]
     print(f"cores {os.cpu_count()}, {LAYERS} layers x {HEADS} heads x {len(BUCKETS)} buckets, "
           f"{TileLayout(GEOMETRY, TILE, 128).num_blocks} blocks per side")
     print(f"search wall time {wall:.1f} s ({wall / 60:.2f} min) for {LAYERS * HEADS * len(BUCKETS)} heads; "

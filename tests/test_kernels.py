@@ -301,12 +301,15 @@ def test_dense_heads_stay_on_kernel_with_lse_fp32_or_when_asked(monkeypatch):
 
 
 def test_dense_heads_default_per_device_and_head_dim(monkeypatch):
-    """SDPA for dense heads except on Hopper at d <= 64 (the kernel beat cuDNN there); the environment wins."""
+    """On Hopper dense heads stay on the kernels (the Gluon kernel beat cuDNN at d=128, the Triton one at d=64;
+    without Gluon, d=128 goes to SDPA); elsewhere SDPA; the environment wins."""
     import compact_attn._config as cfg
 
     cuda = torch.device("cuda")
     assert cfg.dense_heads_default(torch.device("cpu"), 64) == "sdpa"
     monkeypatch.setattr(cfg, "_capability", lambda device: (9, 0))
+    assert cfg.dense_heads_default(cuda, 64) == "kernel" and cfg.dense_heads_default(cuda, 128) == "kernel"
+    monkeypatch.setattr(cfg, "HAS_GLUON", False)
     assert cfg.dense_heads_default(cuda, 64) == "kernel" and cfg.dense_heads_default(cuda, 128) == "sdpa"
     monkeypatch.setattr(cfg, "_capability", lambda device: (8, 0))
     assert cfg.dense_heads_default(cuda, 64) == "sdpa"

@@ -6,6 +6,9 @@ Limits, stated plainly:
   correct but untuned.
 - ``COMPACT_ATTN_AUTOTUNE=1`` replaces the fixed config with a Triton autotune sweep (slow first call per
   shape; the result is cached by Triton per process).
+- On Hopper (sm_90) with Gluon's list-form ``warp_specialize`` (Triton >= 3.6) the default is the
+  warp-specialised Gluon kernel (``warp_specialized=True``; H200: 1.04x cuDNN dense at 69,120 tokens, fraction of
+  ideal ~1.0 on sparse masks); its other knobs (``pingpong``, ``persistent``) were swept on the H200 only.
 - Features are detected, never assumed: tensor descriptors (TMA) need ``tl.make_tensor_descriptor`` and
   ``triton.set_allocator`` (Triton >= 3.4) and a Hopper-class GPU; older Triton (torch 2.6 ships 3.2) uses
   the pointer path. (``tl.range(..., warp_specialize=True)`` was measured and dropped: on sm_90 Triton 3.6
@@ -24,6 +27,8 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.language as tl
+
+from compact_attn import attention_ws
 
 __all__ = [
     "AttnConfig",
@@ -45,6 +50,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # every density (KERNEL_NOTES.md section 10).
 HEAD_ORDER_KV_BYTES = 24 * 2**20
 HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+HAS_GLUON = attention_ws.HAS_GLUON  # the warp-specialised Hopper kernel can be built
 # Where heads that keep every block run: PyTorch's fused SDPA (cuDNN first), or this package's Triton kernel.
 DENSE_HEADS = ("sdpa", "kernel")
 
@@ -72,6 +78,11 @@ class AttnConfig:
     ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN, then flash, efficient, math), the same math,
     for bf16/fp16 without ``return_lse``; the other heads run on the kernel, into the same output.
     ``"kernel"``: every head on the Triton kernel. `attention_config` fills it from `dense_heads_default`.
+    ``warp_specialized``: run the Gluon kernel (`compact_attn.attention_ws`: a TMA producer warp and two consumer
+    warpgroups with asynchronous wgmma, FlashAttention-3's structure) where it can run (Hopper, 128 x 128 mask
+    blocks, bf16/fp16; else this config's Triton kernel); the tile fields then do not apply. ``pingpong``: its
+    two consumer warpgroups take turns issuing their matrix multiplies. ``persistent``: one program per SM
+    looping over the work units (the next unit's loads overlap the current unit's end), else one per unit.
     """
 
     block_m: int = 128
@@ -86,13 +97,19 @@ class AttnConfig:
     order: str = "auto"
     one_trip: bool | None = None
     dense_heads: str = "sdpa"
+    warp_specialized: bool = False
+    pingpong: bool = True
+    persistent: bool = True
 
     def describe(self) -> str:
         flags = "".join(f for f, on in (("+tma", self.use_tma), ("+pipe", self.pipe_qk), ("+exp16", self.exp16),
                                           (f"+lazy{self.rescale_threshold:g}", self.rescale_threshold > 0),
                                           ("+poly", self.exp_poly), (f"+{self.order}", self.order != "auto"),
                                           (f"+trip{int(bool(self.one_trip))}", self.one_trip is not None),
-                                          ("+kdense", self.dense_heads == "kernel")) if on)
+                                          ("+kdense", self.dense_heads == "kernel"),
+                                          ("+ws", self.warp_specialized),
+                                          ("+nopp", self.warp_specialized and not self.pingpong),
+                                          ("+nopers", self.warp_specialized and not self.persistent)) if on)
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{flags}"
 
 
@@ -126,9 +143,10 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 def dense_heads_default(device: torch.device, head_dim: int) -> str:
     """Where dense heads run by default: ``COMPACT_ATTN_DENSE_HEADS`` (``sdpa`` or ``kernel``) when set; else
-    ``"kernel"`` on Hopper (sm_90+) for head dim <= 64, where this kernel beat cuDNN dense on the H200 (CogVideoX,
-    17,776 tokens: 8.17 against 8.95 ms), and ``"sdpa"`` everywhere else (d=128 on the H200: cuDNN 202 against
-    223 ms at 75,600 tokens, 154 against 178 at 69,120).
+    ``"kernel"`` on Hopper (sm_90), where the warp-specialised kernel beats cuDNN dense on the H200 (d=128,
+    69,120 tokens: 145 against 155 ms; 75,600: 179 against 200) and the Triton-language kernel did at d <= 64
+    (CogVideoX, 17,776 tokens: 8.17 against 8.95 ms); ``"sdpa"`` everywhere else (the Triton-language kernel at
+    d=128 on the H200 was 0.86-0.91x cuDNN).
 
     Raises:
         ValueError: ``COMPACT_ATTN_DENSE_HEADS`` set to anything else.
@@ -138,7 +156,10 @@ def dense_heads_default(device: torch.device, head_dim: int) -> str:
         if env not in DENSE_HEADS:
             raise ValueError(f"COMPACT_ATTN_DENSE_HEADS must be one of {', '.join(DENSE_HEADS)}, got {env!r}")
         return env
-    return "kernel" if _capability(device)[0] >= 9 and head_dim <= 64 else "sdpa"
+    major = _capability(device)[0]
+    if major == 9 and HAS_GLUON:
+        return "kernel"
+    return "kernel" if major >= 9 and head_dim <= 64 else "sdpa"
 
 
 def attention_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> AttnConfig:
@@ -158,13 +179,18 @@ def _kernel_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> A
     if dtype == torch.float32:
         return AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
     if major >= 9:
-        # H200 sweeps (KERNEL_NOTES.md): one warpgroup per program and tiles small enough for 2 programs per SM,
-        # so one program's softmax overlaps the other's MMAs. d=128: 542 TFLOP/s dense at 69,120 tokens (0.86x
-        # cuDNN) against 459 for 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens.
-        # Lazy rescaling and the FMA-polynomial exp2 were measured slower (KERNEL_NOTES.md) and stay off.
-        if head_dim <= 64:
-            return AttnConfig(block_m=64, block_n=128, num_warps=4, num_stages=3, use_tma=HAS_TMA)
-        return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=2, use_tma=HAS_TMA)
+        # Hopper: the warp-specialised Gluon kernel where it runs (sm_90, 128 x 128 mask blocks; H200, d=128:
+        # 640-674 TFLOP/s dense at 69,120 tokens, 1.04-1.05x cuDNN; BENCHMARKS.md). The tile fields are the
+        # Triton-language kernel's, for the inputs the Gluon one cannot take. Its H200 sweeps (KERNEL_NOTES.md):
+        # one warpgroup per program and tiles small enough for 2 programs per SM, so one program's softmax
+        # overlaps the other's MMAs. d=128: 542 TFLOP/s dense at 69,120 tokens (0.86x cuDNN) against 459 for
+        # 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens. Lazy rescaling and the
+        # FMA-polynomial exp2 were measured slower and stay off.
+        ws = HAS_GLUON and major == 9
+        if head_dim <= 64:  # d=64 without ping-pong (CogVideoX: 3 of 4 points at 13:42, 2 of 5 at 13:56; a tie)
+            return AttnConfig(block_m=64, block_n=128, num_warps=4, num_stages=3, use_tma=HAS_TMA, warp_specialized=ws,
+                              pingpong=False)
+        return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=2, use_tma=HAS_TMA, warp_specialized=ws)
     if major == 8:
         return AttnConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
     return AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)

@@ -1,4 +1,8 @@
-"""Triton block-sparse attention forward over a `BlockSparseMask`.
+"""Triton block-sparse attention forward over a `BlockSparseMask`, and the dispatch between its two kernels.
+
+On Hopper (sm_90, Triton >= 3.6, 128 x 128 mask blocks, bf16/fp16) `block_sparse_attention_triton` runs the
+warp-specialised Gluon kernel of `compact_attn.attention_ws` (``AttnConfig.warp_specialized``, the default
+there); everywhere else the Triton-language kernel of this module, described below.
 
 What it computes: for every (batch, head, query row) the softmax attention over the keys of the key blocks its
 query block lists, ``o = softmax(q k^T * scale) v``, plus optionally the natural-log row logsumexp. It is the
@@ -37,8 +41,9 @@ import weakref
 import torch
 import triton
 import triton.language as tl
+from triton.compiler.errors import CompilationError
 
-from compact_attn import check_attention_inputs
+from compact_attn import attention_ws, check_attention_inputs
 from compact_attn._config import (
     DENSE_HEADS,
     HAS_TMA,
@@ -490,6 +495,17 @@ def block_sparse_attention_triton(
     lazy = float(c.rescale_threshold) if c.rescale_threshold > 0 and q.dtype != torch.float32 else 0.0
     one_trip = lazy > 0 and (not has_tail if c.one_trip is None else c.one_trip)
     common.update(RESCALE_TH=lazy, ONE_TRIP=one_trip)
+    if c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
+        # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v must be contiguous.
+        qc, kc, vc = (t.contiguous() for t in (q, k, v))
+        try:
+            if n_items:
+                attention_ws.block_sparse_attention_ws(qc, kc, vc, out, lse, kv_num, kv_idx, order, B, H, N, nqb,
+                                                       nkb, scale * LOG2E, return_lse, pingpong=c.pingpong,
+                                                       persistent=c.persistent)
+            return (out, lse) if return_lse else out
+        except CompilationError as e:  # a Triton whose Gluon differs: the Triton-language kernel below instead
+            attention_ws.disable(str(e).splitlines()[-1] if str(e) else type(e).__name__)
     if config is None and autotune_enabled():
         kernel = _autotuned(D, tma_ok)
 

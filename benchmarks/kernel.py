@@ -49,7 +49,7 @@ if "compactsearch" not in sys.modules:
     sys.modules["compactsearch"] = _pkg
 
 from compact_attn import BlockSparseMask  # noqa: E402
-from compact_attn._config import AttnConfig  # noqa: E402
+from compact_attn._config import AttnConfig, attention_config  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.kernel_bench import median_ms  # noqa: E402
@@ -73,6 +73,8 @@ GEOMETRIES = {
 DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 SWEEP = [  # the first is the fixed Hopper default; the rest are neighbours (KERNEL_NOTES.md has all tried)
+    AttnConfig(128, 64, 4, 2, use_tma=True, warp_specialized=True),
+    AttnConfig(128, 64, 4, 2, use_tma=True, warp_specialized=True, pingpong=False),
     AttnConfig(128, 64, 4, 2, use_tma=True),
     AttnConfig(128, 64, 4, 2, use_tma=True, order="lpt"),
     AttnConfig(128, 64, 4, 2, use_tma=True, order="head"),
@@ -84,6 +86,8 @@ SWEEP = [  # the first is the fixed Hopper default; the rest are neighbours (KER
     AttnConfig(128, 128, 8, 3, use_tma=True),
 ]
 SWEEP_D64 = [  # head dim 64 (CogVideoX); the first is the fixed Hopper default
+    AttnConfig(64, 128, 4, 3, use_tma=True, warp_specialized=True),
+    AttnConfig(64, 128, 4, 3, use_tma=True, warp_specialized=True, pingpong=False),
     AttnConfig(64, 128, 4, 3, use_tma=True),
     AttnConfig(64, 128, 4, 3, use_tma=True, rescale_threshold=8.0),
     AttnConfig(128, 128, 8, 3, use_tma=True),
@@ -109,7 +113,8 @@ def parse_config(text: str) -> AttnConfig:
                       exp_poly="poly" in flags,
                       order=next((o for o in ("head", "lpt", "natural") if o in flags), "auto"),
                       one_trip=(trip[0] == "trip1") if trip else None,
-                      dense_heads="kernel" if "kdense" in flags else "sdpa")
+                      dense_heads="kernel" if "kdense" in flags else "sdpa",
+                      warp_specialized="ws" in flags, pingpong="nopp" not in flags, persistent="nopers" not in flags)
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -293,13 +298,14 @@ def run_table(args, rows: list[dict]) -> None:
             print_row(rows[-2] if not args.no_flex else rows[-1])
             if not args.no_flex:
                 print_row(rows[-1])
-            if label == "dense":  # the kernel itself on the dense mask (the row above is the SDPA path)
+            if label == "dense":  # the other dense-heads path on the dense mask (the row above is the default's)
+                other = "sdpa" if attention_config(dev, D, q.dtype).dense_heads == "kernel" else "kernel"
                 out.fill_(float("nan"))
-                kern = functools.partial(block_sparse_attention_triton, q, k, v, mask, out=out, dense_heads="kernel")
+                kern = functools.partial(block_sparse_attention_triton, q, k, v, mask, out=out, dense_heads=other)
                 ms = bench(kern, args.reps)
                 out.fill_(float("nan"))
                 kern()
-                rows.append(dict(geom=name, tokens=N, heads=H, d=D, mask=label, density=dens, kernel="triton-kdense",
+                rows.append(dict(geom=name, tokens=N, heads=H, d=D, mask=label, density=dens, kernel=f"triton-{other}",
                                  ms=ms, x_cudnn=dense["cudnn"] / ms, ideal=dense["cudnn"] / ms * dens,
                                  tflops=flops / ms / 1e9, **sample_check(q, k, v, mask, out)))
                 print_row(rows[-1])

@@ -4,8 +4,9 @@ Limits, stated plainly:
 - The Hopper (sm_90) configs were tuned on one H200 (torch 2.11, triton 3.6) with the sweep in
   ``benchmarks/kernel.py``; see ``benchmarks/KERNEL_NOTES.md``. Other generations get a safe default that is
   correct but untuned.
-- ``COMPACT_ATTN_AUTOTUNE=1`` replaces the fixed config with a Triton autotune sweep (slow first call per
-  shape; the result is cached by Triton per process).
+- ``COMPACT_ATTN_AUTOTUNE=1`` replaces the fixed config of the Triton-language kernel with a Triton autotune
+  sweep (slow first call per shape; the result is cached by Triton per process). Where the Gluon kernel runs
+  (Hopper), it runs regardless: the sweep tunes the kernel that covers the other cases.
 - On Hopper (sm_90) with Gluon's list-form ``warp_specialize`` (Triton >= 3.6) the default is the
   warp-specialised Gluon kernel (``warp_specialized=True``; H200: 1.04x cuDNN dense at 69,120 tokens, fraction of
   ideal ~1.0 on sparse masks); its other knobs (``pingpong``, ``persistent``) were swept on the H200 only.

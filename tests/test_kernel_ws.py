@@ -111,11 +111,13 @@ def test_available_only_for_what_it_handles(monkeypatch):
 
 
 def test_host_wrapper_hands_the_kernel_flat_contiguous_inputs(monkeypatch):
-    """The wrapper's side of the contract: contiguous q, k, v (copied from a [B, N, H, D] transpose), the
+    """The wrapper's side of the contract: contiguous, 16-byte aligned q, k, v (copied from a [B, N, H, D]
+    transpose or a misaligned view), the
     sparse heads' items only (dense heads went to SDPA), the scale in log2 units. The stand-in launcher computes
     the reference for the listed items, so the assembled output is checked too."""
     B, H, N, D = 2, 3, 300, 64
-    q, k, v = (torch.randn(B, N, H, D, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+    q, k = (torch.randn(B, N, H, D, dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
+    v = torch.randn(B * H * N * D + 1, dtype=torch.bfloat16)[1:].view(B, H, N, D)  # contiguous, base 2 bytes off
     dense = torch.rand(H, 3, 3) < 0.5
     dense[:, torch.arange(3), torch.arange(3)] = True
     dense[1] = True  # a dense head: SDPA's
@@ -124,7 +126,7 @@ def test_host_wrapper_hands_the_kernel_flat_contiguous_inputs(monkeypatch):
 
     def launcher(qc, kc, vc, out, lse, kv_num, kv_idx, order, B_, H_, N_, nqb, nkb, qk_scale, return_lse,
                  pingpong=True, persistent=True):
-        assert all(t.is_contiguous() for t in (qc, kc, vc)) and out.shape == (B, H, N, D)
+        assert all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (qc, kc, vc)) and out.shape == (B, H, N, D)
         heads = sorted({int(i) // nqb for i in order})
         seen.update(heads=heads, scale=qk_scale, pingpong=pingpong)
         ref = reference.block_sparse_attention(qc, kc, vc, mask)

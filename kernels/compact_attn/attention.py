@@ -496,8 +496,9 @@ def block_sparse_attention_triton(
     one_trip = lazy > 0 and (not has_tail if c.one_trip is None else c.one_trip)
     common.update(RESCALE_TH=lazy, ONE_TRIP=one_trip)
     if c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
-        # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v must be contiguous.
+        # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v contiguous with 16-byte aligned bases.
         qc, kc, vc = (t.contiguous() for t in (q, k, v))
+        qc, kc, vc = (t if t.data_ptr() % 16 == 0 else t.clone() for t in (qc, kc, vc))
         try:
             if n_items:
                 attention_ws.block_sparse_attention_ws(qc, kc, vc, out, lse, kv_num, kv_idx, order, B, H, N, nqb,

@@ -112,9 +112,9 @@ def test_available_only_for_what_it_handles(monkeypatch):
 
 def test_host_wrapper_hands_the_kernel_flat_contiguous_inputs(monkeypatch):
     """The wrapper's side of the contract: contiguous, 16-byte aligned q, k, v (copied from a [B, N, H, D]
-    transpose or a misaligned view), the
-    sparse heads' items only (dense heads went to SDPA), the scale in log2 units. The stand-in launcher computes
-    the reference for the listed items, so the assembled output is checked too."""
+    transpose or a misaligned view), the sparse heads' items only (dense heads went to SDPA), the scale in log2
+    units. The stand-in launcher computes the reference for the listed items, so the assembled output is checked
+    too."""
     B, H, N, D = 2, 3, 300, 64
     q, k = (torch.randn(B, N, H, D, dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
     v = torch.randn(B * H * N * D + 1, dtype=torch.bfloat16)[1:].view(B, H, N, D)  # contiguous, base 2 bytes off

@@ -28,13 +28,16 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def time_against_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, reps: int = 10) -> dict:
+def time_against_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, reps: int = 10,
+                       dense_ms: float | None = None) -> dict:
     """Median time of the Triton block-sparse forward and of cuDNN SDPA dense attention.
 
     Args:
         q, k, v: ``[B, H, N, D]`` CUDA tensors in tile order (bf16/fp16), ``D`` in {64, 128}.
         mask: the layer's `compact_attn.BlockSparseMask`, on q's device.
         reps: timed runs per kernel (after one warm-up each).
+        dense_ms: the dense time measured earlier for the same shape and dtype (it depends on nothing else);
+            when given, cuDNN is not run again.
 
     Returns:
         ``{"ms_sparse": float, "ms_dense_cudnn": float, "speedup": ms_dense_cudnn / ms_sparse}``.
@@ -49,6 +52,8 @@ def time_against_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, 
     if q.device.type != "cuda":
         raise ValueError(f"time_against_dense needs CUDA tensors, got {q.device}")
     ms_sparse = median_ms(lambda: block_sparse_attention(q, k, v, mask, backend="triton"), reps)
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        ms_dense = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), reps)
+    ms_dense = dense_ms
+    if ms_dense is None:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            ms_dense = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), reps)
     return {"ms_sparse": ms_sparse, "ms_dense_cudnn": ms_dense, "speedup": ms_dense / ms_sparse}

@@ -167,3 +167,51 @@ def test_example_configs_validate():
     report = validate_config(load_config("recipes/examples/wan2.1-t2v-1.3b-480p.yaml"), sample_heads=1,
                              sample_blocks=1)
     assert report.ok, report.checks
+
+
+def _config_d64(tmp_path):
+    """The small config at head dim 64 (the kernels take 64 or 128)."""
+    from dataclasses import replace
+
+    path = tmp_path / "c64.yaml"
+    replace(small_config(), head_dim=64).save(path)
+    return path
+
+
+def test_validate_kernel_interpret_runs_the_triton_kernel_on_cpu(tmp_path, capsys):
+    code, out, err = run(["validate", str(_config_d64(tmp_path)), "--json", "--kernel", "interpret",
+                          "--sample-heads", "1", "--sample-blocks", "2", "--no-numerics"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    kernel = [c for c in report["checks"] if c["name"] == "kernel"]
+    assert len(kernel) == 1 and kernel[0]["ok"]
+    assert "random q/k/v" in kernel[0]["detail"] and "max err" in kernel[0]["detail"]
+    assert len(report["kernel_results"]) == 4  # 2 buckets x 2 layers, each checked
+
+
+def test_validate_kernel_check_fails_on_a_wrong_kernel(tmp_path, capsys, monkeypatch):
+    """The check can fail: a kernel that returns the right shape but wrong values gives exit 1."""
+    import compact_attn.attention as attention
+
+    real = attention.block_sparse_attention_triton
+
+    def off_by_some(q, k, v, mask, *args, out=None, **kwargs):
+        o = real(q, k, v, mask, *args, out=out, **kwargs)
+        o.add_(0.05)
+        return o
+
+    monkeypatch.setattr(attention, "block_sparse_attention_triton", off_by_some)
+    code, out, err = run(["validate", str(_config_d64(tmp_path)), "--json", "--kernel", "interpret",
+                          "--sample-heads", "1", "--sample-blocks", "1", "--no-numerics"], capsys)
+    assert code == 1
+    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["kernel"]
+
+
+@pytest.mark.parametrize("kernel,message", [
+    ("triton", "--kernel triton needs a CUDA GPU; on a CPU use --kernel interpret"),
+    ("cudnn", "--kernel must be one of none, interpret, triton, got 'cudnn'"),
+])
+def test_validate_kernel_errors(config_file, capsys, kernel, message):
+    code, out, err = run(["validate", str(config_file), "--kernel", kernel], capsys)
+    assert code == 2 and message in err and err.strip().count("\n") == 0

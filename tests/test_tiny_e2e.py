@@ -53,6 +53,13 @@ def test_tiny_model_loop_through_the_cli(tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out)["ok"] is True
 
+    # the kernel check on the q/k/v the profile captured (Triton's interpreter on this CPU)
+    code, out, err = cli(capsys, "validate", cfg, "--json", "--no-numerics", "--kernel", "interpret",
+                         "--profile", prof, "--sample-blocks", "2")
+    assert code == 0, err
+    results = json.loads(out)["kernel_results"]
+    assert len(results) == 8 and all("captured q/k/v" in r for r in results), results
+
     code, out, err = cli(capsys, "evaluate", "--config", cfg, "--prompts", held, "--baselines", prof, "--json")
     assert code == 0, err
     data = json.loads(out)

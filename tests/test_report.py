@@ -358,12 +358,23 @@ def test_output_error_heatmap_when_the_profile_has_value_statistics(tmp_path):
     prof = Profile.from_block_mass({k: base.mass(*k) for k in base.keys()}, geometry=geo, tile=base.tile,
                                    block_size=64, buckets=base.buckets, value_factor={k: factor for k in base.keys()})
     res = run_search(prof, SearchSettings(budget=0.5, trials=8), tmp_path / "cfg.yaml")
-    rep = build_report(prof, tmp_path / "rep", config=res.config)
+    rep = build_report(prof, tmp_path / "rep", config=res.config, heads=["1.0"], workers=1)
     assert (tmp_path / "rep" / "figures" / "04-output-error.png").stat().st_size > 0
     html = rep.html.read_text()
     assert "output fidelity, mean over heads" in html and "Estimated relative output error" in html
     assert rep.summary["config"]["fidelity_mean"] == pytest.approx(res.summary["fidelity_mean"], abs=1e-4)
-    # without value statistics: no fidelity figure
-    plain = build_report(base, tmp_path / "rep2", config=res.config)
+    # the requested head's front gets a second row: the same patterns scored on fidelity, and a table column
+    assert "a second row scores the same patterns on output fidelity" in html
+    assert "<th>worst block recall</th><th>fidelity</th><th>density</th>" in html.replace("\n", "")
+    # without value statistics: no fidelity figure, one row of fronts
+    plain = build_report(base, tmp_path / "rep2", config=res.config, heads=["1.0"], workers=1)
     assert not (tmp_path / "rep2" / "figures" / "04-output-error.png").exists()
     assert "fidelity_mean" not in plain.summary["config"]
+    assert "<th>fidelity</th>" not in plain.html.read_text()
+
+    def png_height(path):
+        return int.from_bytes(path.read_bytes()[20:24], "big")
+
+    two_rows = png_height(tmp_path / "rep" / "figures" / "06-front-L1.H0.png")
+    one_row = png_height(tmp_path / "rep2" / "figures" / "06-front-L1.H0.png")
+    assert two_rows == pytest.approx(2 * one_row, rel=0.05)

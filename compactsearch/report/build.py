@@ -53,6 +53,11 @@ ROWS_PER_FIGURE = 8
 Progress = Callable[[str, int, int], None]
 
 
+
+def _fid_cells(hf: HeadFidelity | None, pattern: Pattern) -> list[float]:
+    """The fidelity table cell of a pattern: ``[fidelity]``, or nothing without value statistics."""
+    return [hf.fidelity(pattern)] if hf is not None else []
+
 @dataclass(frozen=True)
 class ReportResult:
     """What `build_report` wrote and the numbers it printed."""
@@ -624,33 +629,51 @@ class _Page:
             "baselines at the floor (the paper's greedy boundary contraction and the best single cube) and, with a "
             "config, the chosen pattern scored exactly. Density is computed / dense kernel blocks.")
         scorer = ExactScorer(self.layout)
+        values = self.profile.has_values
+        if values:
+            s.paragraphs.append(
+                "The profile has value statistics, so a second row scores the same patterns on output fidelity "
+                "(1 - the estimated relative output error, compactsearch/search/fidelity.py), what the search "
+                "allocates the budget on: a pattern can lose mass and little output where the dropped keys repeat "
+                "what the kept ones carry.")
         for l, h in head_list:
-            panels, rows = [], []
+            panels, fid_panels, rows = [], [], []
             res_list: list[tuple[int, HeadResult]] = self.data.fronts[(l, h)]
             for b, res in res_list:
-                chosen = None
+                mass = self.profile.mass(b, l)[h]
+                hf = HeadFidelity(mass, self.profile.value_factor(b, l)[h], scorer.block_mask) if values else None
+
+                chosen = chosen_f = None
                 pattern, ci = self._pattern_for(b, l, h)
                 if pattern is not None:
-                    mass = self.profile.mass(b, l)[h]
                     e = scorer.score(pattern, mass)
                     chosen = (e.blocks / nb2, e.recall)
+                    chosen_f = (e.blocks / nb2, hf.fidelity(pattern)) if hf is not None else None
                     rows.append([self._bucket_title(b), "chosen (config)", pattern.describe(), e.recall,
-                                 e.recall_min, e.blocks / nb2])
+                                 e.recall_min, *_fid_cells(hf, pattern), e.blocks / nb2])
                 for name, fp in (("greedy", res.greedy), ("best cube", res.cube)):
                     rows.append([self._bucket_title(b), name, fp.pattern.describe(), fp.recall, fp.recall_min,
-                                 fp.blocks / nb2])
+                                 *_fid_cells(hf, fp.pattern), fp.blocks / nb2])
                 for fp in res.front:
                     rows.append([self._bucket_title(b), "front", fp.pattern.describe(), fp.recall, fp.recall_min,
-                                 fp.blocks / nb2])
-                panels.append(F.FrontPanel(self._bucket_title(b), [(fp.blocks / nb2, fp.recall) for fp in res.front],
+                                 *_fid_cells(hf, fp.pattern), fp.blocks / nb2])
+                title = self._bucket_title(b)
+                panels.append(F.FrontPanel(title, [(fp.blocks / nb2, fp.recall) for fp in res.front],
                                            (res.greedy.blocks / nb2, res.greedy.recall),
                                            (res.cube.blocks / nb2, res.cube.recall), chosen, st.recall))
-            fig = F.front_figure(f"L{l}.H{h}", panels)
+                if hf is not None:
+                    fid_panels.append(F.FrontPanel(
+                        title, [(fp.blocks / nb2, hf.fidelity(fp.pattern)) for fp in res.front],
+                        (res.greedy.blocks / nb2, hf.fidelity(res.greedy.pattern)),
+                        (res.cube.blocks / nb2, hf.fidelity(res.cube.pattern)), chosen_f, None, "fidelity"))
+            fig = F.front_figure(f"L{l}.H{h}", panels, fid_panels)
+            what = "recall and output fidelity" if values else "recall"
             s.items.append(self._fig(fig, f"06-front-L{l}.H{h}.png",
-                                     f"Head L{l}.H{h}: recall against block density, per step bucket.",
+                                     f"Head L{l}.H{h}: {what} against block density, per step bucket.",
                                      f"Pareto front of head L{l}.H{h}"))
-            s.items.append(Table(["bucket", "point", "pattern", "recall", "worst block recall", "density"], rows,
-                                 caption=f"Head L{l}.H{h}: every point drawn"))
+            header = ["bucket", "point", "pattern", "recall", "worst block recall"]
+            header += ["fidelity"] if values else []
+            s.items.append(Table(header + ["density"], rows, caption=f"Head L{l}.H{h}: every point drawn"))
         return s
 
     def _text(self) -> Section:

@@ -270,14 +270,17 @@ def value_heatmaps(grids: Sequence[tuple[str, np.ndarray]], title: str, unit: st
 # ---------------------------------------------------------------------------------------------------- front
 @dataclass(frozen=True)
 class FrontPanel:
-    """One bucket's Pareto front of one head. Points are ``(density, recall)``.
+    """One bucket's Pareto front of one head. Points are ``(density, recall)``, or ``(density, fidelity)`` when
+    ``metric`` is ``"fidelity"`` (then ``front`` holds the recall front's patterns scored on fidelity, which need
+    not be a front in that metric).
 
     Attributes:
         title: subplot title.
         front: the exact Pareto front, cheapest first.
         greedy, cube: the baselines at the floor.
         chosen: the config's pattern on this head, or None.
-        floor: the recall floor.
+        floor: the recall floor (None: no line).
+        metric: ``"recall"`` or ``"fidelity"``.
     """
 
     title: str
@@ -285,32 +288,43 @@ class FrontPanel:
     greedy: tuple[float, float]
     cube: tuple[float, float]
     chosen: tuple[float, float] | None
-    floor: float
+    floor: float | None
+    metric: str = "recall"
 
 
-def front_figure(name: str, panels: Sequence[FrontPanel]) -> Figure:
-    """Recall against cost for one head, one subplot per bucket."""
+def front_figure(name: str, panels: Sequence[FrontPanel], fidelity: Sequence[FrontPanel] = ()) -> Figure:
+    """Recall against cost for one head, one subplot per bucket; with ``fidelity`` panels, a second row of the same
+    patterns' output fidelity against cost."""
+    rows = [panels] + ([fidelity] if fidelity else [])
     n = len(panels)
-    fig = Figure(figsize=(min(5.2 * n, 16), 4.2), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, p in zip(axes, panels):
-        xs, ys = zip(*p.front)
-        ax.step(xs, ys, where="post", color="#555555", linewidth=1, alpha=0.7)
-        ax.plot(xs, ys, "o", color="#1f77b4", markersize=4, label="Pareto front (search, exact)")
-        ax.plot(*p.greedy, "^", color="#ff7f0e", markersize=9, label="greedy contraction")
-        ax.plot(*p.cube, "s", color="#2ca02c", markersize=8, label="best cube")
-        if p.chosen is not None:
-            ax.plot(*p.chosen, "*", color="#d62728", markersize=15, label="chosen (config)")
-        ax.axhline(p.floor, color="black", linestyle=":", linewidth=1, label=f"recall floor {p.floor:g}")
-        ax.set_xlabel("block density (computed / dense blocks)")
-        ax.set_ylabel("recall (share of attention mass kept)")
-        ax.set_title(p.title, fontsize=9)
-        ax.set_xlim(0, 1.02)
-        low = min(min(ys), p.greedy[1], p.cube[1], p.floor, p.chosen[1] if p.chosen else 1.0)
-        ax.set_ylim(max(0.0, low - 0.05), 1.005)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Head {name}: recall against cost", fontsize=10)
+    fig = Figure(figsize=(min(5.2 * n, 16), 4.2 * len(rows)), layout="constrained")
+    grid = fig.subplots(len(rows), n, squeeze=False)
+    for axes, row in zip(grid, rows):
+        for ax, p in zip(axes, row):
+            xs, ys = zip(*p.front)
+            recall = p.metric == "recall"
+            if recall:
+                ax.step(xs, ys, where="post", color="#555555", linewidth=1, alpha=0.7)
+            ax.plot(xs, ys, "o", color="#1f77b4", markersize=4,
+                    label="Pareto front (search, exact)" if recall else "the recall front's patterns")
+            ax.plot(*p.greedy, "^", color="#ff7f0e", markersize=9, label="greedy contraction")
+            ax.plot(*p.cube, "s", color="#2ca02c", markersize=8, label="best cube")
+            if p.chosen is not None:
+                ax.plot(*p.chosen, "*", color="#d62728", markersize=15, label="chosen (config)")
+            if p.floor is not None:
+                ax.axhline(p.floor, color="black", linestyle=":", linewidth=1, label=f"recall floor {p.floor:g}")
+            ax.set_xlabel("block density (computed / dense blocks)")
+            ax.set_ylabel("recall (share of attention mass kept)" if recall
+                          else "fidelity (1 - relative output error)")
+            ax.set_title(p.title, fontsize=9)
+            ax.set_xlim(0, 1.02)
+            low = min(min(ys), p.greedy[1], p.cube[1], p.floor if p.floor is not None else 1.0,
+                      p.chosen[1] if p.chosen else 1.0)
+            # fidelity goes below 0 where a pattern's output error exceeds the output itself; drawn down to -1
+            ax.set_ylim(max(0.0 if recall else -1.0, low - 0.05), 1.005)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Head {name}: recall{' and output fidelity' if fidelity else ''} against cost", fontsize=10)
     return fig
 
 

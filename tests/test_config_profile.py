@@ -120,6 +120,11 @@ def test_profile_errors(tmp_path):
         Profile.load(tmp_path / "p", verify=True)
     with pytest.raises(InputError, match="corrupt"):
         Profile.load(tmp_path / "p").mass(0, 0)
+    from safetensors.torch import save_file
+
+    save_file({"per_prompt": torch.ones(1, 2, 2, 2)}, str(tmp_path / "p" / "mass" / "b0_l0.safetensors"))
+    with pytest.raises(InputError, match="b0_l0.safetensors holds no 'mass' tensor"):
+        Profile.load(tmp_path / "p").mass(0, 0)
 
 
 def test_built_masks_are_consistent_with_layout():

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from compactsearch import __version__
@@ -102,14 +103,17 @@ class Profile:
         return [(b, l) for b in range(self.num_buckets) for l in range(self.num_layers)]
 
     # -------------------------------------------------------------- data
-    def _load(self, bucket: int, layer: int) -> dict[str, torch.Tensor]:
+    def _load(self, bucket: int, layer: int, key: str) -> torch.Tensor | None:
+        """One tensor of a (bucket, layer) file, read alone (a Wan-14B file with per-prompt tensors is GBs), or
+        None when the file has no such tensor."""
         if self.root is None:
             raise InputError(f"profile has no mass for bucket {bucket}, layer {layer}")
         path = self.root / "mass" / f"b{bucket}_l{layer}.safetensors"
         if not path.exists():
             raise InputError(f"profile {self.root} is incomplete: {path.name} is missing; re-run the profile")
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(key) if key in f.keys() else None
         except Exception as e:  # safetensors raises several types for damaged files
             raise InputError(f"profile {self.root} is corrupt: {path.name} cannot be read ({e})") from e
 
@@ -117,7 +121,10 @@ class Profile:
         """Mean block mass over prompts, ``[H, NQB, NKB]`` float32."""
         if (bucket, layer) in self._mass:
             return self._mass[(bucket, layer)].float()
-        return self._load(bucket, layer)["mass"].float()
+        t = self._load(bucket, layer, "mass")
+        if t is None:
+            raise InputError(f"profile {self.root} is corrupt: b{bucket}_l{layer}.safetensors holds no 'mass' tensor")
+        return t.float()
 
     def prompt_mass(self, bucket: int, layer: int) -> torch.Tensor | None:
         """Per-prompt block mass ``[P, H, NQB, NKB]`` float32, or None when the profile did not keep it."""
@@ -125,7 +132,7 @@ class Profile:
             return None
         if (bucket, layer) in self._prompt_mass:
             return self._prompt_mass[(bucket, layer)].float()
-        t = self._load(bucket, layer).get("per_prompt")
+        t = self._load(bucket, layer, "per_prompt")
         return None if t is None else t.float()
 
     @property
@@ -140,7 +147,7 @@ class Profile:
             return self._value_factor[(bucket, layer)].float()
         if self.root is None:
             return None
-        t = self._load(bucket, layer).get("value_factor")
+        t = self._load(bucket, layer, "value_factor")
         return None if t is None else t.float()
 
     def samples(self, layer: int) -> dict[str, torch.Tensor] | None:

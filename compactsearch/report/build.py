@@ -54,10 +54,6 @@ Progress = Callable[[str, int, int], None]
 
 
 
-def _fid_cells(hf: HeadFidelity | None, pattern: Pattern) -> list[float]:
-    """The fidelity table cell of a pattern: ``[fidelity]``, or nothing without value statistics."""
-    return [hf.fidelity(pattern)] if hf is not None else []
-
 @dataclass(frozen=True)
 class ReportResult:
     """What `build_report` wrote and the numbers it printed."""
@@ -642,30 +638,30 @@ class _Page:
             for b, res in res_list:
                 mass = self.profile.mass(b, l)[h]
                 hf = HeadFidelity(mass, self.profile.value_factor(b, l)[h], scorer.block_mask) if values else None
-
-                chosen = chosen_f = None
+                title = self._bucket_title(b)
+                # every drawn point once: (name, pattern, recall, worst block recall, density, fidelity or None)
+                points = []
                 pattern, ci = self._pattern_for(b, l, h)
                 if pattern is not None:
                     e = scorer.score(pattern, mass)
-                    chosen = (e.blocks / nb2, e.recall)
-                    chosen_f = (e.blocks / nb2, hf.fidelity(pattern)) if hf is not None else None
-                    rows.append([self._bucket_title(b), "chosen (config)", pattern.describe(), e.recall,
-                                 e.recall_min, *_fid_cells(hf, pattern), e.blocks / nb2])
-                for name, fp in (("greedy", res.greedy), ("best cube", res.cube)):
-                    rows.append([self._bucket_title(b), name, fp.pattern.describe(), fp.recall, fp.recall_min,
-                                 *_fid_cells(hf, fp.pattern), fp.blocks / nb2])
-                for fp in res.front:
-                    rows.append([self._bucket_title(b), "front", fp.pattern.describe(), fp.recall, fp.recall_min,
-                                 *_fid_cells(hf, fp.pattern), fp.blocks / nb2])
-                title = self._bucket_title(b)
-                panels.append(F.FrontPanel(title, [(fp.blocks / nb2, fp.recall) for fp in res.front],
-                                           (res.greedy.blocks / nb2, res.greedy.recall),
-                                           (res.cube.blocks / nb2, res.cube.recall), chosen, st.recall))
-                if hf is not None:
-                    fid_panels.append(F.FrontPanel(
-                        title, [(fp.blocks / nb2, hf.fidelity(fp.pattern)) for fp in res.front],
-                        (res.greedy.blocks / nb2, hf.fidelity(res.greedy.pattern)),
-                        (res.cube.blocks / nb2, hf.fidelity(res.cube.pattern)), chosen_f, None, "fidelity"))
+                    points.append(("chosen (config)", pattern, e.recall, e.recall_min, e.blocks / nb2))
+                points += [(name, fp.pattern, fp.recall, fp.recall_min, fp.blocks / nb2)
+                           for name, fp in [("greedy", res.greedy), ("best cube", res.cube)]
+                           + [("front", fp) for fp in res.front]]
+                points = [(*pt, hf.fidelity(pt[1]) if hf is not None else None) for pt in points]
+                for name, pat, rec, rec_min, dens, fid in points:
+                    rows.append([title, name, pat.describe(), rec, rec_min, *([fid] if hf is not None else []), dens])
+                by_name = {pt[0]: pt for pt in points if pt[0] != "front"}
+                front = [pt for pt in points if pt[0] == "front"]
+                chosen = by_name.get("chosen (config)")
+                for col, panel_list, floor, metric in ((2, panels, st.recall, "recall"),
+                                                       (5, fid_panels, None, "fidelity")):
+                    if metric == "fidelity" and hf is None:
+                        continue
+                    greedy, cube = by_name["greedy"], by_name["best cube"]
+                    panel_list.append(F.FrontPanel(
+                        title, [(pt[4], pt[col]) for pt in front], (greedy[4], greedy[col]), (cube[4], cube[col]),
+                        (chosen[4], chosen[col]) if chosen else None, floor, metric))
             fig = F.front_figure(f"L{l}.H{h}", panels, fid_panels)
             what = "recall and output fidelity" if values else "recall"
             s.items.append(self._fig(fig, f"06-front-L{l}.H{h}.png",

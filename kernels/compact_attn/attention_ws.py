@@ -9,11 +9,11 @@ softmax with its own matrix multiplies (Triton 3.6 neither warp-specialises that
 flight across the softmax; benchmarks/KERNEL_NOTES.md sections 3, 4 and 8). Gluon, Triton's lower-level
 dialect, exposes what FlashAttention-3 uses for that: warp specialisation, mbarriers and asynchronous wgmma.
 
-How (FlashAttention-3's structure, with a key-block list instead of a key range): one program per (query block
-of 128 rows, batch), launched in the same order as the Triton kernel (`attention._work_order`), with three
-partitions:
-- a producer warp that loads the query tile once and then, for each listed key block, its K and V tiles with
-  TMA into a two-stage ring (separate full/empty mbarriers for K and for V);
+How (FlashAttention-3's structure, with a key-block list instead of a key range): work units are (query block
+of 128 rows, batch) in the Triton kernel's launch order (`attention._work_order`); persistent programs, one per
+SM, take the next unit from a global counter (or one program per unit), each with three partitions:
+- a producer warp that takes the unit, posts it to the consumers, loads the query tile and then, for each listed
+  key block, its K and V tiles with TMA into a two-stage ring (separate full/empty mbarriers for K and for V);
 - two consumer warpgroups, each owning 64 of the 128 query rows. Each issues ``S_j = Q K_j^T`` and
   ``O += P_{j-1} V_{j-1}`` asynchronously, waits for ``S_j`` only, and computes the softmax of tile ``j``
   while the tensor cores still run the previous tile's ``P V`` (intra-warpgroup overlap);
@@ -26,7 +26,7 @@ Limits, stated plainly:
 - Hopper only (sm_90, Gluon's wgmma and TMA), Triton >= 3.6 (the Gluon API this is written against);
   `available` says whether this build and device can run it. Gluon has no interpreter mode, so the CPU
   tests compile it for sm_90 (`compile_sm90`) and check its resources, and the GPU checks its output against
-  the reference (benchmarks/kernel.py, ``compactsearch validate --kernel triton``).
+  the reference (benchmarks/kernel_check.py, benchmarks/kernel.py, ``compactsearch validate --kernel triton``).
 - Mask blocks of 128 x 128 only; head dim 64 or 128; bf16 or fp16; q, k, v contiguous ``[B, H, N, D]``
   (the wrapper copies otherwise), so one flat ``[B * H * N, D]`` TMA descriptor serves every head: rows a
   ragged last block reads past a head's end belong to the next head (or are zero-filled past the tensor's

@@ -476,6 +476,18 @@ def block_sparse_attention_triton(
         o = _sdpa(*(t.index_select(1, dense_idx) for t in (q, k, v)), scale)
         out.index_copy_(1, dense_idx, o)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
+    if c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
+        # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v contiguous with 16-byte aligned bases.
+        qc, kc, vc = (t.contiguous() for t in (q, k, v))
+        qc, kc, vc = (t if t.data_ptr() % 16 == 0 else t.clone() for t in (qc, kc, vc))
+        try:
+            if order.numel():
+                attention_ws.block_sparse_attention_ws(qc, kc, vc, out, lse, kv_num, kv_idx, order, B, H, N, nqb,
+                                                       nkb, scale * LOG2E, return_lse, pingpong=c.pingpong,
+                                                       persistent=c.persistent)
+            return (out, lse) if return_lse else out
+        except CompilationError as e:  # a Triton whose Gluon differs: the Triton-language kernel below instead
+            attention_ws.disable(str(e).splitlines()[-1] if str(e) else type(e).__name__)
 
     tma_ok = HAS_TMA and _tma_ok(q, k, v) and (INTERPRET or torch.cuda.get_device_capability(q.device)[0] >= 9)
     if tma_ok:
@@ -495,18 +507,6 @@ def block_sparse_attention_triton(
     lazy = float(c.rescale_threshold) if c.rescale_threshold > 0 and q.dtype != torch.float32 else 0.0
     one_trip = lazy > 0 and (not has_tail if c.one_trip is None else c.one_trip)
     common.update(RESCALE_TH=lazy, ONE_TRIP=one_trip)
-    if c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
-        # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v contiguous with 16-byte aligned bases.
-        qc, kc, vc = (t.contiguous() for t in (q, k, v))
-        qc, kc, vc = (t if t.data_ptr() % 16 == 0 else t.clone() for t in (qc, kc, vc))
-        try:
-            if n_items:
-                attention_ws.block_sparse_attention_ws(qc, kc, vc, out, lse, kv_num, kv_idx, order, B, H, N, nqb,
-                                                       nkb, scale * LOG2E, return_lse, pingpong=c.pingpong,
-                                                       persistent=c.persistent)
-            return (out, lse) if return_lse else out
-        except CompilationError as e:  # a Triton whose Gluon differs: the Triton-language kernel below instead
-            attention_ws.disable(str(e).splitlines()[-1] if str(e) else type(e).__name__)
     if config is None and autotune_enabled():
         kernel = _autotuned(D, tma_ok)
 

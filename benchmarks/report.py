@@ -87,12 +87,12 @@ def build(path: Path, config_path: Path) -> None:
     prof.save(path)
     print(f"built {path} in {time.perf_counter() - t:.0f} s", flush=True)
     grid = TileLayout(GEOMETRY, TILE, 128).grid_thw
-    buckets = tuple(Bucket(rng, tuple(LayerConfig(l, tuple(HeadConfig(h, p) for h, p in
-                                                           enumerate(planted_patterns(b, l, grid))))
-                                      for l in range(LAYERS)))
+    buckets = tuple(Bucket.of_steps(rng, STEPS, tuple(LayerConfig(l, tuple(HeadConfig(h, p) for h, p in
+                                                                          enumerate(planted_patterns(b, l, grid))))
+                                                     for l in range(LAYERS)), b)
                     for b, rng in enumerate(BUCKETS))
     Config(model_id="synthetic-wan2.1-14b-720p", adapter="wan", geometry=GEOMETRY, num_layers=LAYERS, num_heads=HEADS,
-           head_dim=128, tile=TILE, block_size=128, num_steps=STEPS, dense_warmup=WARMUP, buckets=buckets,
+           head_dim=128, tile=TILE, block_size=128, num_steps=STEPS, warmup=WARMUP / STEPS, buckets=buckets,
            provenance={"kind": "planted"}).save(config_path)
 
 

@@ -1,15 +1,16 @@
-"""Config format ``compactsearch/v1``: frozen dataclasses, strict YAML load with path-precise errors, save.
+"""Config format ``compactsearch/v2``: frozen dataclasses, strict YAML load with path-precise errors, save.
 
 A config says, per (step bucket, layer, head), which pattern to run. Layout of the YAML::
 
-    format: compactsearch/v1
+    format: compactsearch/v2
     model: {id: Wan-AI/Wan2.1-T2V-14B-Diffusers, adapter: wan}
     geometry: {frames: 21, height: 45, width: 80, text_tokens: 0, text_position: none,
                layers: 40, heads: 40, head_dim: 128}
     tiling: {tile: [4, 8, 4], block_size: 128}
-    schedule: {steps: 50, dense_warmup: 15}     # steps [0, dense_warmup) and any uncovered step run dense
+    schedule: {steps: 50, warmup: 0.3}          # steps: the count searched at; warmup: run fraction that runs dense
     buckets:
-      - steps: [15, 50]                         # half-open step range
+      - bucket: 1                               # the profile's bucket number (default: the position in this list)
+        run: [0.3, 1.0]                         # half-open range of the run, as fractions (compactsearch.schedule)
         layers:
           - layer: 0
             heads:
@@ -20,9 +21,13 @@ A config says, per (step bucket, layer, head), which pattern to run. Layout of t
                     windows: [[3, 5], [1, 10]]  # (h, w) in tiles, at most two
                 recall: 0.93                    # optional: from the search
                 density: 0.31                   # optional: block density of this head
-    search: {...}        # optional: the search settings
-    provenance: {...}    # kind (example | searched), profile hash, tool version, date, arguments
-    summary: {...}       # optional: density, recall_mean, recall_min, est_speedup
+    search: {...}        # optional: the search settings (budget: whole-run attention compute vs dense)
+    provenance: {...}    # kind (example | searched | retargeted), profile hash, tool version, date, arguments
+    summary: {...}       # optional: density (whole run), density_sparse_steps, recall_mean, est_attention_speedup
+
+Positions in the run are fractions so that one config runs at any step count (`compactsearch.schedule`: the
+rule and why). Format ``compactsearch/v1`` (integer steps: ``schedule: {steps, dense_warmup}``, bucket
+``steps: [a, b]``) still loads: it is converted on read (`Config.source_format` says which was read).
 
 Every error names its path, e.g. ``buckets[1].layers[3].heads[7].groups[0].windows[1]``.
 """
@@ -47,11 +52,15 @@ from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, build_masks
+from compactsearch.schedule import StepPlan, fraction, plan_steps
 from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
-__all__ = ["FORMAT", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config"]
+__all__ = ["FORMAT", "FORMATS", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config", "summarize",
+           "run_density"]
 
-FORMAT = "compactsearch/v1"
+FORMAT = "compactsearch/v2"
+FORMATS = ("compactsearch/v1", FORMAT)  # every version this tool reads; v1 is converted on read
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,21 @@ class LayerConfig:
 
 @dataclass(frozen=True)
 class Bucket:
-    """Steps ``[start, end)`` share these per-layer patterns."""
+    """The part ``run = (start, end)`` of a sampling run (fractions, half-open) shares these per-layer patterns.
 
-    steps: tuple[int, int]
+    ``id`` is the profile's bucket number: the one numbering a profile, its search, this config, `inspect` and
+    `report` share.
+    """
+
+    run: tuple[float, float]
     layers: tuple[LayerConfig, ...]
+    id: int = 0
+
+    @classmethod
+    def of_steps(cls, steps: tuple[int, int], num_steps: int, layers: tuple[LayerConfig, ...], id: int = 0
+                 ) -> Bucket:
+        """The bucket running steps ``[a, b)`` of a ``num_steps`` run."""
+        return cls((fraction(steps[0], num_steps), fraction(steps[1], num_steps)), tuple(layers), id)
 
 
 @dataclass(frozen=True)
@@ -90,11 +110,12 @@ class Config:
     tile: tuple[int, int, int]
     block_size: int
     num_steps: int
-    dense_warmup: int
+    warmup: float
     buckets: tuple[Bucket, ...]
     search: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    source_format: str = field(default=FORMAT, compare=False)
 
     # ------------------------------------------------------------- derived
     def layout(self) -> TileLayout:
@@ -103,14 +124,26 @@ class Config:
     def layer_mask(self, bucket: int, layer: int, layout: TileLayout | None = None) -> BlockSparseMask:
         return build_layer_mask(self.buckets[bucket].layers[layer].patterns(), layout or self.layout())
 
-    def bucket_for_step(self, step: int) -> int | None:
-        """Index of the bucket that runs ``step``, or None when the step runs dense."""
-        if step < self.dense_warmup:
-            return None
-        for i, b in enumerate(self.buckets):
-            if b.steps[0] <= step < b.steps[1]:
-                return i
-        return None
+    def plan(self, num_steps: int | None = None) -> StepPlan:
+        """The schedule laid on a run of ``num_steps`` steps (default: the step count it was searched at)."""
+        return plan_steps(self.warmup, [b.run for b in self.buckets], num_steps or self.num_steps)
+
+    @property
+    def dense_warmup(self) -> int:
+        """Leading dense steps at the config's own step count."""
+        return self.plan().warmup
+
+    def bucket_steps(self, bucket: int, num_steps: int | None = None) -> tuple[int, int]:
+        """Step range ``[a, b)`` of a bucket (list index) in a run of ``num_steps`` (default: the config's)."""
+        return self.plan(num_steps).ranges[bucket]
+
+    def bucket_index(self, bucket_id: int) -> int | None:
+        """List index of the bucket whose ``id`` is ``bucket_id``, or None."""
+        return next((i for i, b in enumerate(self.buckets) if b.id == bucket_id), None)
+
+    def bucket_for_step(self, step: int, num_steps: int | None = None) -> int | None:
+        """Index of the bucket that runs ``step`` of a ``num_steps`` run, or None when the step runs dense."""
+        return self.plan(num_steps).bucket_of(step)
 
     def masks(self, workers: int | None = None) -> dict[tuple[int, int], BlockSparseMask]:
         """Every layer's mask of every bucket, ``{(bucket, layer): BlockSparseMask}``, built in parallel."""
@@ -132,7 +165,7 @@ class Config:
                 "head_dim": self.head_dim,
             },
             "tiling": {"tile": list(self.tile), "block_size": self.block_size},
-            "schedule": {"steps": self.num_steps, "dense_warmup": self.dense_warmup},
+            "schedule": {"steps": self.num_steps, "warmup": round(float(self.warmup), 6)},
             "buckets": [],
         }
         for b in self.buckets:
@@ -152,7 +185,7 @@ class Config:
                         entry["density"] = round(float(hc.density), 5)
                     heads.append(entry)
                 layers.append({"layer": lc.layer, "heads": heads})
-            out["buckets"].append({"steps": list(b.steps), "layers": layers})
+            out["buckets"].append({"bucket": b.id, "run": [round(float(x), 6) for x in b.run], "layers": layers})
         for key in ("search", "provenance", "summary"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
@@ -219,12 +252,55 @@ def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
     return Pattern(tuple(groups))
 
 
+def _v1_schedule(d: dict) -> tuple[int, float, list[tuple[float, float]], list[int]]:
+    """A v1 document's integer schedule, checked under its v1 paths, as (steps, warmup, runs, bucket ids)."""
+    s = _mapping(d["schedule"], "schedule", {"steps", "dense_warmup"})
+    num_steps = _int(s["steps"], "schedule.steps", 1)
+    warmup = _int(s["dense_warmup"], "schedule.dense_warmup", 0)
+    if warmup > num_steps:
+        raise _fail("schedule.dense_warmup", f"{warmup} is more than schedule.steps ({num_steps})")
+    runs, prev_end = [], warmup
+    for bi, b in enumerate(_list(d["buckets"], "buckets")):
+        bp = f"buckets[{bi}]"
+        b = _mapping(b, bp, {"steps", "layers"})
+        st = _list(b["steps"], f"{bp}.steps", 2)
+        a, e = _int(st[0], f"{bp}.steps[0]", 0), _int(st[1], f"{bp}.steps[1]", 0)
+        if not prev_end <= a < e <= num_steps:
+            raise _fail(f"{bp}.steps", f"[{a}, {e}) must be non-empty, after dense warm-up and earlier buckets "
+                        f"(from {prev_end}) and within schedule.steps ({num_steps})")
+        prev_end = e
+        runs.append((fraction(a, num_steps), fraction(e, num_steps)))
+    return num_steps, fraction(warmup, num_steps), runs, list(range(len(runs)))
+
+
+def _v2_schedule(d: dict) -> tuple[int, float, list[tuple[float, float]], list[int]]:
+    s = _mapping(d["schedule"], "schedule", {"steps", "warmup"})
+    num_steps = _int(s["steps"], "schedule.steps", 1)
+    warmup = _float(s["warmup"], "schedule.warmup")
+    runs, ids, prev_end = [], [], warmup
+    for bi, b in enumerate(_list(d["buckets"], "buckets")):
+        bp = f"buckets[{bi}]"
+        b = _mapping(b, bp, {"run", "layers"}, {"bucket"})
+        r = _list(b["run"], f"{bp}.run", 2)
+        a, e = _float(r[0], f"{bp}.run[0]"), _float(r[1], f"{bp}.run[1]")
+        if not (prev_end - _EPS <= a < e <= 1.0):
+            raise _fail(f"{bp}.run", f"[{a:g}, {e:g}) must be non-empty, start at or after the dense warm-up and "
+                        f"earlier buckets (from {prev_end:g}) and end by 1 (fractions of the run)")
+        prev_end = e
+        bid = _int(b["bucket"], f"{bp}.bucket", 0) if "bucket" in b else bi
+        if ids and bid <= ids[-1]:
+            raise _fail(f"{bp}.bucket", f"bucket numbers must ascend; {bid} follows {ids[-1]}")
+        runs.append((a, e))
+        ids.append(bid)
+    return num_steps, warmup, runs, ids
+
+
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """Validate a parsed YAML mapping into a Config; errors name the path."""
+    """Validate a parsed YAML mapping into a Config; errors name the path. Format v1 is converted."""
     d = _mapping(data, "", {"format", "model", "geometry", "tiling", "schedule", "buckets"},
                  {"search", "provenance", "summary"})
-    if d["format"] != FORMAT:
-        raise _fail("format", f"expected '{FORMAT}', got {d['format']!r}: this tool reads format version 1 only")
+    if d["format"] not in FORMATS:
+        raise _fail("format", f"expected one of {', '.join(FORMATS)}, got {d['format']!r}")
     m = _mapping(d["model"], "model", {"id", "adapter"})
     g = _mapping(d["geometry"], "geometry", {"frames", "height", "width", "layers", "heads", "head_dim"},
                  {"text_tokens", "text_position"})
@@ -241,23 +317,12 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     if block_size not in BLOCK_SIZES:
         raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
     layout = TileLayout(geometry, tile, block_size)
-    s = _mapping(d["schedule"], "schedule", {"steps", "dense_warmup"})
-    num_steps = _int(s["steps"], "schedule.steps", 1)
-    warmup = _int(s["dense_warmup"], "schedule.dense_warmup", 0)
-    if warmup > num_steps:
-        raise _fail("schedule.dense_warmup", f"{warmup} is more than schedule.steps ({num_steps})")
+    v1 = d["format"] == "compactsearch/v1"
+    num_steps, warmup, runs, ids = (_v1_schedule if v1 else _v2_schedule)(d)
     L, H = g["layers"], g["heads"]
     buckets = []
-    prev_end = warmup
-    for bi, b in enumerate(_list(d["buckets"], "buckets")):
+    for bi, b in enumerate(d["buckets"]):
         bp = f"buckets[{bi}]"
-        b = _mapping(b, bp, {"steps", "layers"})
-        st = _list(b["steps"], f"{bp}.steps", 2)
-        a, e = _int(st[0], f"{bp}.steps[0]", 0), _int(st[1], f"{bp}.steps[1]", 0)
-        if not prev_end <= a < e <= num_steps:
-            raise _fail(f"{bp}.steps", f"[{a}, {e}) must be non-empty, after dense warm-up and earlier buckets "
-                        f"(from {prev_end}) and within schedule.steps ({num_steps})")
-        prev_end = e
         layers_raw = _list(b["layers"], f"{bp}.layers")
         if len(layers_raw) != L:
             raise _fail(f"{bp}.layers", f"has {len(layers_raw)} layers but geometry.layers is {L}")
@@ -281,7 +346,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
                 density = _float(hc["density"], f"{hp}.density") if "density" in hc else None
                 heads.append(HeadConfig(hi, pattern, recall, density))
             layers.append(LayerConfig(li, tuple(heads)))
-        buckets.append(Bucket((a, e), tuple(layers)))
+        buckets.append(Bucket(runs[bi], tuple(layers), ids[bi]))
     extras = {}
     for key in ("search", "provenance", "summary"):
         v = d.get(key, {}) or {}
@@ -298,8 +363,9 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         tile=tile,
         block_size=block_size,
         num_steps=num_steps,
-        dense_warmup=warmup,
+        warmup=warmup,
         buckets=tuple(buckets),
+        source_format=d["format"],
         **extras,
     )
 
@@ -313,12 +379,14 @@ def load_config(path: Path) -> Config:
         raise InputError(f"config {path}: {e}") from e
 
 
-def summarize(config: Config, bucket_blocks: list[int] | None = None) -> dict:
-    """Whole-config numbers: block density over sparse steps and all steps, recall mean/min where known.
+def summarize(config: Config, bucket_blocks: list[int] | None = None, num_steps: int | None = None) -> dict:
+    """Whole-config numbers: block density over the whole run (dense steps count 1) and over the sparse steps,
+    the ideal attention speed-up from the whole-run figure, recall mean/min where known.
 
     Args:
         bucket_blocks: computed blocks per bucket (all layers and heads), when the caller already knows them
             (the search does); otherwise every mask is built to count them.
+        num_steps: the run's step count (default: the config's own).
     """
     nb = config.layout().num_blocks
     if bucket_blocks is None:
@@ -326,19 +394,22 @@ def summarize(config: Config, bucket_blocks: list[int] | None = None) -> dict:
         bucket_blocks = [sum(masks[(bi, li)].computed_blocks() for li in range(len(b.layers)))
                          for bi, b in enumerate(config.buckets)]
     per_bucket = [n / (config.num_layers * config.num_heads * nb * nb) for n in bucket_blocks]
+    plan = config.plan(num_steps)
+    out = {"steps": plan.n, "dense_steps": plan.dense_steps, **run_density(per_bucket, plan),
+           "bucket_density": [round(x, 5) for x in per_bucket]}
     recalls = [h.recall for b in config.buckets for lc in b.layers for h in lc.heads if h.recall is not None]
-    sparse_steps = [b.steps[1] - b.steps[0] for b in config.buckets]
-    total_sparse = sum(sparse_steps)
-    density_sparse = sum(d * n for d, n in zip(per_bucket, sparse_steps)) / max(total_sparse, 1)
-    density_all = (density_sparse * total_sparse + (config.num_steps - total_sparse)) / config.num_steps
-    out = {
-        "density": round(density_sparse, 5),
-        "density_all_steps": round(density_all, 5),
-        "bucket_density": [round(x, 5) for x in per_bucket],
-        "est_attention_speedup": round(1.0 / density_all, 3),
-    }
     if recalls:
         t = torch.tensor(recalls)
         out["recall_mean"] = round(float(t.mean()), 5)
         out["recall_min"] = round(float(t.min()), 5)
     return out
+
+
+def run_density(bucket_density: list[float], plan: StepPlan) -> dict:
+    """``density`` over the whole run (dense steps at 1), ``density_sparse_steps``, ``est_attention_speedup``."""
+    steps = plan.sparse_steps()
+    sparse = sum(d * n for d, n in zip(bucket_density, steps))
+    whole = (sparse + plan.dense_steps) / plan.n
+    return {"density": round(whole, 5),
+            "density_sparse_steps": round(sparse / sum(steps), 5) if sum(steps) else 1.0,
+            "est_attention_speedup": round(1.0 / whole, 3)}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig, summarize
+from compactsearch.config import Config, HeadConfig, LayerConfig, summarize
 from compactsearch.errors import InputError
 from compactsearch.patterns import Pattern
 from compactsearch.runtime import AttentionTimer, apply, timed_dense
@@ -364,7 +364,7 @@ def _uniform_config(config: Config, patterns_by_bucket: list[list[list[Pattern]]
         layers = tuple(LayerConfig(li, tuple(HeadConfig(h, patterns_by_bucket[b][li][h])
                                              for h in range(config.num_heads)))
                        for li in range(config.num_layers))
-        buckets.append(Bucket(bucket.steps, layers))
+        buckets.append(replace(bucket, layers=layers))
     out = replace(config, buckets=tuple(buckets), search={}, summary={},
                   provenance={"kind": kind, "baseline_of": config.provenance.get("profile_hash", ""), **extra})
     return replace(out, summary=summarize(out))
@@ -396,8 +396,8 @@ def baseline_configs(profile, config: Config, bisect_steps: int = 14) -> dict[st
     nb2 = layout.num_blocks ** 2
     target = summarize(config)["bucket_density"]
     cube_patterns, greedy_patterns, cube_meta, greedy_meta = [], [], [], []
-    for bi, bucket in enumerate(config.buckets):
-        pb = _profile_bucket(profile, bucket.steps)
+    for bi in range(len(config.buckets)):
+        pb = _profile_bucket(profile, config.bucket_steps(bi, profile.num_steps))
         tables = [HeadTables(lt, m) for layer in range(config.num_layers)
                   for m in profile.mass(pb, layer)]
         goal = target[bi] + 1e-9

@@ -40,7 +40,8 @@ def head_picture(config: Config, bucket: int, layer: int, head: int, max_size: i
     mask = config.layer_mask(bucket, layer)
     d = float(mask.head_density()[head])
     recall = "" if hc.recall is None else f", recall {hc.recall:.3f}"
-    text = [f"bucket {bucket} layer {layer} head {head}: {hc.pattern.describe()} (density {d:.3f}{recall})", ""]
+    text = [f"bucket {config.buckets[bucket].id} layer {layer} head {head}: {hc.pattern.describe()} "
+            f"(density {d:.3f}{recall})", ""]
     text.append(window_picture(config, bucket, layer, head))
     text.append("")
     text.append(f"block mask ({mask.num_q_blocks}x{mask.num_kv_blocks} blocks; '#' computed, query blocks down, "

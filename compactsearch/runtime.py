@@ -20,15 +20,18 @@ the valid prefix (text stays dense, so the layout only loses padded text tokens)
 attend densely to the valid keys, as the original does.
 
 Checks, each a one-line `InputError`: the adapter family of the pipeline, the number of self-attention layers,
-heads and head dim (at entry); the token grid, text tokens and number of denoising steps (at the first forward
-of a call). On exit, also after an exception, the original processors come back and the hooks go: the model
-computes bit for bit what it computed before.
+heads and head dim (at entry); the text tokens (at the first forward of a call). A call at another token grid
+or step count than the config's runs the config retargeted to it (`compactsearch.retarget.retarget`, built once
+per grid; the dense warm-up and buckets are fractions of the run, `compactsearch.schedule`), with one line on
+stderr saying so; ``apply(..., retarget=False)`` refuses such calls instead. On exit, also after an exception,
+the original processors come back and the hooks go: the model computes bit for bit what it computed before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ from compactsearch.adapters.base import Installation
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
+from compactsearch.retarget import retarget as _retarget
+from compactsearch.schedule import StepPlan
 from compactsearch.tiling import TileLayout
 
 __all__ = ["apply", "SparseRuntime", "AttentionTimer", "timed_dense", "check_pipeline", "KERNEL_HEAD_DIMS"]
@@ -201,7 +206,9 @@ class SparseRuntime:
     """The state `apply` yields: the config, its masks and counters of what ran.
 
     Attributes:
-        config: the config applied.
+        config: the config running now (the one given, or it retargeted to the call's grid).
+        source: the config given to `apply`.
+        retarget: run calls at another grid or step count retargeted (else refuse them).
         backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
         ctx: the adapter context shared by the processors.
         sparse_calls: attention calls that ran block-sparse (all pipeline calls of the block).
@@ -210,6 +217,11 @@ class SparseRuntime:
 
     config: Config
     backend: str = "auto"
+    retarget: bool = True
+    source: Config | None = None
+    plan: StepPlan | None = None
+    notes: list = field(default_factory=list)
+    _retargeted: dict = field(default_factory=dict)
     ctx: AttentionContext = field(default_factory=lambda: AttentionContext(mode="sparse"))
     sparse_calls: int = 0
     steps_dense: set = field(default_factory=set)
@@ -290,23 +302,52 @@ class SparseRuntime:
                     q[sl, :, n:], k[sl, :, :n], v[sl, :, :n])
         return out
 
+    def _use_grid(self, thw: tuple[int, int, int]) -> None:
+        """Make ``config`` the source config retargeted to the grid ``thw`` (built once per grid)."""
+        src = self.source or self.config
+        if thw == self.config.geometry.thw:
+            return
+        g = src.geometry
+        if not self.retarget and thw != g.thw:
+            t, h, w = thw
+            raise InputError(f"the config is for a {g.frames}x{g.height}x{g.width} token grid, the pipeline call "
+                             f"has {t}x{h}x{w}: call the pipeline at the config's resolution and frames (or allow "
+                             "retargeting)")
+        if thw not in self._retargeted:
+            self._retargeted[thw] = src if thw == g.thw else _retarget(src, thw)
+        self.config = self._retargeted[thw]
+        self._layouts.clear()
+        self._masks.clear()
+        self._perms.clear()
+
     def on_step(self, step: int, video_thw: tuple[int, int, int], num_steps: int | None) -> str:
         """Called after the adapter's step counter: check the call, pick dense or the bucket; returns the mode."""
-        cfg = self.config
         if step == 0:
             self.steps_dense, self.steps_sparse = set(), set()
-            if tuple(video_thw) != cfg.geometry.thw:
-                t, h, w = video_thw
-                raise InputError(f"the config is for a {cfg.geometry.frames}x{cfg.geometry.height}x"
-                                 f"{cfg.geometry.width} token grid, the pipeline call has {t}x{h}x{w}: call the "
-                                 "pipeline at the config's resolution and frames (or search a config for this one)")
-            if num_steps is not None and num_steps != cfg.num_steps:
+            self._use_grid(tuple(video_thw))
+            cfg, src = self.config, self.source or self.config
+            n = num_steps or cfg.num_steps
+            if n != cfg.num_steps and not self.retarget:
                 raise InputError(f"the config is for {cfg.num_steps} denoising steps, the pipeline call runs "
-                                 f"{num_steps}: pass num_inference_steps={cfg.num_steps}")
-        if step >= cfg.num_steps:
-            raise InputError(f"the config is for {cfg.num_steps} denoising steps, the pipeline call ran step "
-                             f"{step + 1}: pass num_inference_steps={cfg.num_steps}")
-        self.bucket = cfg.bucket_for_step(step)
+                                 f"{n}: pass num_inference_steps={cfg.num_steps} (or allow retargeting)")
+            self.plan = cfg.plan(n)
+            key = (cfg.geometry.thw, n)
+            if key not in self.notes and key != (src.geometry.thw, src.num_steps):
+                self.notes.append(key)
+                said = []
+                if cfg is not src:
+                    g = src.geometry
+                    said.append(f"config for a {g.frames}x{g.height}x{g.width} token grid retargeted to "
+                                f"{'x'.join(map(str, key[0]))} (tile {list(cfg.tile)}, block {cfg.block_size})")
+                if n != cfg.num_steps:
+                    said.append(f"{cfg.num_steps}-step schedule laid on {n} steps ({self.plan.warmup} dense warm-up, "
+                                f"buckets at steps {', '.join(f'{a}-{b - 1}' for a, b in self.plan.ranges if b > a)})")
+                print("compactsearch: " + "; ".join(said), file=sys.stderr)
+        plan = self.plan or self.config.plan()
+        if step >= plan.n:
+            raise InputError(f"the schedule was laid on {plan.n} denoising steps, the pipeline call ran step "
+                             f"{step + 1}: pass num_inference_steps={plan.n}")
+        self.bucket = plan.bucket_of(step)
         if self.bucket is None:
             self.steps_dense.add(step)
             return "dense"
@@ -322,7 +363,7 @@ def _scheduler_steps(pipe) -> int | None:
 
 @contextlib.contextmanager
 def apply(pipe, config: Config | str | Path, *, model_id: str | None = None, backend: str = "auto",
-          timer: AttentionTimer | None = None) -> Iterator[SparseRuntime]:
+          timer: AttentionTimer | None = None, retarget: bool = True) -> Iterator[SparseRuntime]:
     """Run ``pipe`` with ``config``'s block-sparse attention inside the ``with`` block; restore it on exit.
 
     Args:
@@ -331,6 +372,8 @@ def apply(pipe, config: Config | str | Path, *, model_id: str | None = None, bac
         model_id: when given (the recipe's ``model.id``), it must equal the config's ``model.id``.
         backend: ``"auto"`` (Triton on CUDA, the PyTorch reference on CPU), ``"triton"`` or ``"reference"``.
         timer: an `AttentionTimer` to record every attention call's time (dense and sparse steps).
+        retarget: calls at another token grid or step count run the config retargeted to them (one line on
+            stderr); False refuses them.
 
     Yields:
         The `SparseRuntime` (masks, counters) for inspection.
@@ -343,7 +386,7 @@ def apply(pipe, config: Config | str | Path, *, model_id: str | None = None, bac
     cfg = config if isinstance(config, Config) else load_config(Path(config))
     transformers = check_pipeline(pipe, cfg, model_id)
     adapter = get_adapter(cfg.adapter)
-    rt = SparseRuntime(cfg, backend)
+    rt = SparseRuntime(cfg, backend, retarget=retarget, source=cfg)
     ctx = rt.ctx
     ctx.attend = rt.attend
     reset_hooks = _add_reset_hooks(transformers, ctx)

@@ -1,10 +1,12 @@
 """`validate`: prove a config is well-formed, builds, and computes what it claims.
 
 Checks (each a `Check(name, ok, detail)`):
-- ``schema``: the YAML loaded under the strict v1 schema (a failure there is bad input, exit 2, not a check);
+- ``schema``: the YAML loaded under the strict schema (v2, or v1 converted; a failure there is bad input, exit 2,
+  not a check);
 - ``masks``: every (bucket, layer) mask builds and has the config's heads and the geometry's block count;
 - ``declared_density``: per-head densities written in the config match the built masks (within 0.005);
-- ``budget``: when the config records a search budget, overall density <= budget + 0.005;
+- ``budget``: when the config records a search budget, the whole run's density (dense steps at 1, at the
+  config's step count) <= budget + 0.005;
 - ``tiling_waste``: token pairs computed / token pairs the patterns allow - 1 is at most ``max_waste``;
 - ``numerics``: the block-sparse reference attention equals dense attention restricted to the same mask on
   random q/k/v at the config's geometry, on a sample of heads and query blocks per layer (fp32, max abs
@@ -22,7 +24,7 @@ import torch
 
 from compact_attn import reference
 from compact_attn.mask import BlockSparseMask
-from compactsearch.config import Config
+from compactsearch.config import FORMAT, Config, run_density
 from compactsearch.patterns import block_mask_from_tile_mask, tile_mask
 from compactsearch.tiling import TileLayout
 
@@ -41,7 +43,8 @@ class Check:
 @dataclass(frozen=True)
 class ValidationReport:
     ok: bool
-    density: float
+    density: float  # whole run, dense steps at 1
+    density_sparse_steps: float
     tiling_waste: float
     checks: tuple[Check, ...]
     bucket_density: tuple[float, ...]
@@ -52,6 +55,8 @@ class ValidationReport:
         return {
             "ok": self.ok,
             "density": round(self.density, 6),
+            "density_sparse_steps": round(self.density_sparse_steps, 6),
+            "est_attention_speedup": round(1.0 / self.density, 3),
             "tiling_waste": round(self.tiling_waste, 6),
             "bucket_density": [round(x, 6) for x in self.bucket_density],
             "layer_density": [[round(x, 6) for x in row] for row in self.layer_density],
@@ -115,7 +120,8 @@ def validate_config(
     layout: TileLayout = config.layout()
     nb = layout.num_blocks
     gen = torch.Generator().manual_seed(seed)
-    checks: list[Check] = [Check("schema", True, f"format compactsearch/v1, {config.geometry.describe()}")]
+    read = config.source_format + (" (converted on read)" if config.source_format != FORMAT else "")
+    checks: list[Check] = [Check("schema", True, f"format {read}, {config.geometry.describe()}")]
     bucket_density, layer_density = [], []
     mask_problems, density_problems, kernel_checks = [], [], []
     computed_pairs = allowed_pairs = 0.0
@@ -156,8 +162,8 @@ def validate_config(
                 progress(f"bucket {bi} layer {li}")
         layer_density.append(tuple(row))
         bucket_density.append(sum(row) / len(row))
-    steps = [b.steps[1] - b.steps[0] for b in config.buckets]
-    density = sum(d * n for d, n in zip(bucket_density, steps)) / max(sum(steps), 1) if steps else 1.0
+    run = run_density(bucket_density, config.plan())
+    density, density_sparse = run["density"], run["density_sparse_steps"]
     waste = computed_pairs / allowed_pairs - 1.0 if allowed_pairs else 0.0
 
     checks.append(Check("masks", not mask_problems,
@@ -169,7 +175,8 @@ def validate_config(
     budget = config.search.get("budget") if config.search else None
     if budget is not None:
         checks.append(Check("budget", density <= float(budget) + 0.005,
-                            f"density {density:.4f} vs budget {float(budget):.4f} (+0.005 allowed)"))
+                            f"whole-run density {density:.4f} vs budget {float(budget):.4f} (+0.005 allowed; "
+                            f"{config.num_steps} steps, {config.plan().dense_steps} dense)"))
     checks.append(Check("tiling_waste", waste <= max_waste, f"{waste:.2%} (limit {max_waste:.0%})"))
     if numerics:
         checks.append(Check("numerics", max_err <= NUMERIC_ATOL,
@@ -182,6 +189,7 @@ def validate_config(
     return ValidationReport(
         ok=all(c.ok for c in checks),
         density=density,
+        density_sparse_steps=density_sparse,
         tiling_waste=waste,
         checks=tuple(checks),
         bucket_density=tuple(bucket_density),
@@ -195,7 +203,7 @@ def head_rows(config: Config, bucket: int | None = None, layer: int | None = Non
     layout = config.layout()
     rows = []
     for bi, b in enumerate(config.buckets):
-        if bucket is not None and bi != bucket:
+        if bucket is not None and b.id != bucket:
             continue
         for li, lc in enumerate(b.layers):
             if layer is not None and li != layer:
@@ -203,7 +211,7 @@ def head_rows(config: Config, bucket: int | None = None, layer: int | None = Non
             mask = config.layer_mask(bi, li, layout)
             dens = mask.head_density()
             for hc in lc.heads:
-                rows.append({"bucket": bi, "steps": list(b.steps), "layer": li, "head": hc.head,
+                rows.append({"bucket": b.id, "steps": list(config.bucket_steps(bi)), "layer": li, "head": hc.head,
                              "pattern": hc.pattern.describe(), "density": float(dens[hc.head]),
                              "recall": hc.recall})
     return rows

@@ -28,8 +28,8 @@ def small_config(geometry: VideoGeometry | None = None, tile=(2, 4, 8), block_si
         for li in range(layers)
     )
     return Config(model_id="test/tiny", adapter="wan", geometry=geometry, num_layers=layers, num_heads=heads,
-                  head_dim=16, tile=tile, block_size=block_size, num_steps=10, dense_warmup=2,
-                  buckets=(Bucket((2, 6), layer_cfgs), Bucket((6, 10), layer_cfgs)),
+                  head_dim=16, tile=tile, block_size=block_size, num_steps=10, warmup=0.2,
+                  buckets=(Bucket((0.2, 0.6), layer_cfgs, 0), Bucket((0.6, 1.0), layer_cfgs, 1)),
                   provenance={"kind": "example"})
 
 

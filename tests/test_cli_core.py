@@ -101,7 +101,7 @@ EXPECT = {
     "truncated": "buckets[0]",
     "unknown-key": "heads[0].window: unknown key",
     "wrong-type": "geometry.height: expected an integer",
-    "wrong-version": "format: expected 'compactsearch/v1'",
+    "wrong-version": "format: expected one of compactsearch/v1, compactsearch/v2",
     "window-too-large": "buckets[1].layers[0].heads[1].groups[0].windows[0]: window [1, 50] is larger",
     "head-count": "geometry.heads is 5",
     "layer-count": "geometry.layers is 1",

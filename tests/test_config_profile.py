@@ -35,14 +35,43 @@ def test_config_schedule_and_masks():
         for h, hc in enumerate(cfg.buckets[bi].layers[li].heads):
             assert torch.equal(m.to_dense()[h], pattern_block_mask(hc.pattern, layout))
     s = summarize(cfg)
-    assert 0 < s["density"] < 1 and s["density_all_steps"] > s["density"]
+    assert 0 < s["density_sparse_steps"] < s["density"] < 1 and s["steps"] == 10 and s["dense_steps"] == 2
+    # the whole run: 2 dense steps at 1, 4 + 4 sparse steps at their bucket's density
+    d = s["bucket_density"]
+    assert s["density"] == pytest.approx((2 + 4 * d[0] + 4 * d[1]) / 10, abs=1e-5)
+    assert s["est_attention_speedup"] == pytest.approx(1 / s["density"], abs=2e-3)
+
+
+def test_schedule_is_fractions_of_the_run():
+    cfg = small_config()  # warm-up 0.2, buckets [0.2, 0.6) and [0.6, 1.0), searched at 10 steps
+    assert cfg.plan(20).warmup == 4 and cfg.plan(20).ranges == ((4, 12), (12, 20))
+    assert cfg.plan(6).warmup == 1 and cfg.plan(6).ranges == ((1, 4), (4, 6))  # 1.2 -> 1, 3.6 -> 4
+    assert [cfg.bucket_for_step(s, 5) for s in range(5)] == [None, 0, 0, 1, 1]
+    assert cfg.plan(1).warmup == 0 and cfg.plan(1).ranges == ((0, 1), (1, 1))  # one step: bucket 0 runs it
+    assert summarize(cfg, num_steps=20)["dense_steps"] == 4
+
+
+def test_v1_configs_load_converted():
+    d = small_config().to_dict()
+    d["format"] = "compactsearch/v1"
+    d["schedule"] = {"steps": 10, "dense_warmup": 2}
+    for b, steps in zip(d["buckets"], ([2, 6], [6, 10])):
+        b.pop("run")
+        b.pop("bucket")
+        b["steps"] = steps
+    cfg = config_from_dict(d)
+    assert cfg.source_format == "compactsearch/v1" and cfg == small_config()
+    assert cfg.to_dict()["format"] == "compactsearch/v2"
+    d["schedule"]["dense_warmup"] = 11
+    with pytest.raises(InputError, match=r"schedule.dense_warmup: 11 is more than schedule.steps"):
+        config_from_dict(d)
 
 
 
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d.update(format="compactsearch/v2"), "format: expected 'compactsearch/v1'"),
+        (lambda d: d.update(format="compactsearch/v3"), "format: expected one of compactsearch/v1, compactsearch/v2"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d["geometry"].update(frames="21"), "geometry.frames: expected an integer"),
         (lambda d: d["buckets"][1]["layers"][1]["heads"][2].update(colour="red"),
@@ -54,7 +83,11 @@ def test_config_schedule_and_masks():
         (lambda d: d["geometry"].update(layers=3), r"buckets\[0\].layers: has 2 layers but geometry.layers is 3"),
         (lambda d: d["buckets"][0]["layers"][0]["heads"][0].update(recall="high"),
          r"heads\[0\].recall: expected a number"),
-        (lambda d: d["buckets"][0].update(steps=[0, 4]), r"buckets\[0\].steps: \[0, 4\) must be non-empty"),
+        (lambda d: d["buckets"][0].update(run=[0.1, 0.4]), r"buckets\[0\].run: \[0.1, 0.4\) must be non-empty, "
+         "start at or after the dense warm-up"),
+        (lambda d: d["buckets"][1].update(run=[0.6, 1.5]), r"buckets\[1\].run\[1\]: must lie in \[0.0, 1.0\]"),
+        (lambda d: d["buckets"][1].update(bucket=0), r"buckets\[1\].bucket: bucket numbers must ascend"),
+        (lambda d: d["schedule"].update(dense_warmup=3), r"schedule.dense_warmup: unknown key"),
         (lambda d: d["tiling"].update(block_size=96), "tiling.block_size: must be one of"),
         (lambda d: d.pop("model"), "missing required key 'model'"),
     ],

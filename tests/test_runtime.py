@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window
+from compactsearch.retarget import retarget
 from compactsearch.runtime import AttentionTimer, apply
 from compactsearch.tinymodel.model import TINY_WAN_CONFIG, build_pipeline, build_transformer
 
@@ -26,8 +29,8 @@ def make_config(geometry: VideoGeometry, layers: int, heads: int, head_dim: int,
     layer_cfgs = tuple(LayerConfig(li, tuple(HeadConfig(h, patterns[h % len(patterns)]) for h in range(heads)))
                        for li in range(layers))
     return Config(model_id=model_id, adapter="wan", geometry=geometry, num_layers=layers, num_heads=heads,
-                  head_dim=head_dim, tile=tile, block_size=64, num_steps=steps, dense_warmup=warmup,
-                  buckets=(Bucket((warmup, steps), layer_cfgs),), provenance={"kind": "example"})
+                  head_dim=head_dim, tile=tile, block_size=64, num_steps=steps, warmup=warmup / steps,
+                  buckets=(Bucket.of_steps((warmup, steps), steps, layer_cfgs),), provenance={"kind": "example"})
 
 
 WAN_GEOMETRY = VideoGeometry(3, 8, 8)
@@ -96,7 +99,7 @@ def test_mismatched_configs_are_refused_with_one_line(wan):
         (dict(num_inference_steps=5), "for 4 denoising steps, the pipeline call runs 5"),
     ]
     for kw, msg in cases:
-        with pytest.raises(InputError, match=msg) as e, apply(wan, cfg):
+        with pytest.raises(InputError, match=msg) as e, apply(wan, cfg, retarget=False):
             run(wan, **kw)
         assert "\n" not in str(e.value)
     entry = [
@@ -112,6 +115,25 @@ def test_mismatched_configs_are_refused_with_one_line(wan):
             apply(wan, cfg, model_id="other/model"):
         pass
     assert not wan.transformer._forward_pre_hooks  # refused on entry: nothing left behind
+
+
+def test_other_grids_and_step_counts_run_the_config_retargeted(wan, capsys):
+    cfg = make_config(WAN_GEOMETRY, 2, 2, 16, [OWN_FRAME])  # 4 steps, 1 dense warm-up step: warm-up 0.25 of the run
+    capsys.readouterr()
+    with apply(wan, cfg) as rt:
+        out = run(wan, num_frames=5, num_inference_steps=8)
+        assert rt.config.geometry.thw == (2, 8, 8) and rt.plan.n == 8
+        assert rt.steps_dense == {0, 1} and rt.steps_sparse == set(range(2, 8))
+        assert torch.equal(run(wan, num_frames=5, num_inference_steps=8), out)  # retargeted once, then reused
+        base = run(wan)  # back at the config's own grid and steps: the config itself
+        assert rt.config is cfg and rt.steps_dense == {0}
+    notes = re.findall(r"compactsearch: .*", capsys.readouterr().err)  # diffusers' progress bars share stderr
+    assert len(notes) == 1 and "retargeted to 2x8x8" in notes[0] and "4-step schedule laid on 8 steps" in notes[0]
+    with apply(wan, retarget(cfg, (2, 8, 8), 8)):  # the same as applying the retargeted config
+        assert torch.equal(run(wan, num_frames=5, num_inference_steps=8), out)
+    with apply(wan, cfg):
+        assert torch.equal(run(wan), base)
+    assert not re.findall(r"compactsearch: .*", capsys.readouterr().err)
 
 
 def test_config_path_and_timer(wan, tmp_path):
@@ -154,8 +176,8 @@ def _hunyuan_config(patterns: list[Pattern]) -> Config:
     geometry = VideoGeometry(2, 8, 8, 12, "back")  # the tiny HunyuanVideo: 2 x 8 x 8 video + 12 text (3 padded)
     layers = tuple(LayerConfig(li, tuple(HeadConfig(h, patterns[h]) for h in range(2))) for li in range(2))
     return Config(model_id="tiny", adapter="hunyuan_video", geometry=geometry, num_layers=2, num_heads=2,
-                  head_dim=10, tile=(1, 8, 8), block_size=64, num_steps=1, dense_warmup=0,
-                  buckets=(Bucket((0, 1), layers),))
+                  head_dim=10, tile=(1, 8, 8), block_size=64, num_steps=1, warmup=0.0,
+                  buckets=(Bucket((0.0, 1.0), layers),))
 
 
 def test_padded_text_keys_stay_masked():

@@ -1,4 +1,4 @@
-"""Whole-model allocation and the dense warm-up rule."""
+"""Whole-model allocation and the whole-run plan (dense warm-up chosen with the patterns)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from compactsearch.errors import InputError
 from compactsearch.patterns import Pattern
-from compactsearch.search.budget import allocate, hull, warmup_by_budget, warmup_from_recipe
+from compactsearch.search.budget import allocate, hull, plan_run, sparse_ranges
 from compactsearch.search.study import FrontPoint, HeadResult
 
 
@@ -88,15 +88,72 @@ def test_infeasible_budget_names_the_smallest():
         allocate(fronts, [1 / 200] * 2, [0.5] * 2, 0.05, 0.9)
 
 
-def test_warmup_rules():
-    buckets = [(0, 10), (10, 30), (30, 50)]
-    d = warmup_by_budget(buckets, [0.8, 0.25, 0.2], 0.3)
-    assert d.dense_warmup == 10 and [i for i, _ in d.buckets] == [1, 2] and d.rule == "budget"
-    d = warmup_by_budget(buckets, [0.9, 0.9, 0.9], 0.3)
-    assert d.dense_warmup == 30 and [i for i, _ in d.buckets] == [2]
-    d = warmup_from_recipe([(0, 50)], 15)
-    assert d.dense_warmup == 15 and d.buckets == ((0, (15, 50)),)
-    d = warmup_from_recipe([(15, 25), (25, 50)], 15)
-    assert d.buckets == ((0, (15, 25)), (1, (25, 50)))
-    with pytest.raises(InputError, match="nothing to search"):
-        warmup_from_recipe([(0, 10)], 10)
+def _results(buckets, layers, heads, fronts_of):
+    """``(bucket, layer, head) -> HeadResult`` with blocks out of 100 per head."""
+    out = {}
+    for b in range(len(buckets)):
+        for l in range(layers):
+            for h in range(heads):
+                r = result(fronts_of(b, l, h), h)
+                out[(b, l, h)] = HeadResult(b, l, h, r.front, r.greedy, r.cube, 1, 1)
+    return out
+
+
+def _brute_force(buckets, n, min_warmup, results, layers, heads, budget, floor):
+    """The best whole-run value over every warm-up length, each allocated exactly."""
+    best = None
+    for w in range(min_warmup, n):
+        rng = sparse_ranges(buckets, w)
+        sparse = sum(e - a for _, (a, e) in rng)
+        keys = [(b, l, h) for b, _ in rng for l in range(layers) for h in range(heads)]
+        weights = [(dict(rng)[b][1] - dict(rng)[b][0]) / (n * layers * heads) for b, _, _ in keys]
+        dense = (n - sparse) / n
+        cheapest = dense + sum(wt * results[k].front[0].blocks / 100 for k, wt in zip(keys, weights))
+        if cheapest > budget + 1e-12:
+            continue
+        a = allocate([results[k] for k in keys], weights, weights, budget - dense, floor,
+                     cost_of=lambda blk: blk / 100)
+        if best is None or dense + a.recall > best[1] + 1e-12:
+            best = (w, dense + a.recall)
+    return best
+
+
+def test_plan_counts_the_whole_run_and_picks_the_best_warmup():
+    # bucket 0: cheap points keep little (early steps attend globally); bucket 1: cheap points keep a lot
+    buckets, n, L, H = [(0, 4), (4, 10)], 10, 2, 3
+    fronts = {0: [(10, 0.3), (40, 0.6), (100, 1.0)], 1: [(10, 0.9), (30, 0.97), (100, 1.0)]}
+    res = _results(buckets, L, H, lambda b, l, h: fronts[b])
+    for budget in (0.2, 0.3, 0.45, 0.7):
+        plan = plan_run(buckets, n, 0, res, L, H, budget, 0.9, cost_of=lambda blk: blk / 100)
+        assert plan.cost <= budget + 1e-9
+        w, value = _brute_force(buckets, n, 0, res, L, H, budget, 0.9)
+        assert plan.dense_warmup == w and plan.value == pytest.approx(value)
+        # the chosen allocation's whole-run cost: dense steps at 1, each head at its bucket's share of the run
+        dense = (n - sum(e - a for _, (a, e) in plan.buckets)) / n
+        cost = dense + sum(wt * res[k].front[c].blocks / 100
+                           for k, wt, c in zip(plan.keys, plan.weights, plan.allocation.choice))
+        assert cost == pytest.approx(plan.cost)
+    # a generous budget spends steps of the hard bucket dense; a tight one cannot afford it
+    assert plan_run(buckets, n, 0, res, L, H, 0.45, 0.9, cost_of=lambda blk: blk / 100).dense_warmup > 0
+    assert plan_run(buckets, n, 0, res, L, H, 0.2, 0.9, cost_of=lambda blk: blk / 100).dense_warmup == 0
+
+
+def test_plan_long_runs_scan_a_grid_then_refine():
+    buckets, n, L, H = [(0, 10), (10, 30), (30, 50)], 50, 1, 2
+    fronts = {0: [(5, 0.2), (50, 0.6), (100, 1.0)], 1: [(5, 0.6), (40, 0.9), (100, 1.0)],
+              2: [(5, 0.9), (20, 0.98), (100, 1.0)]}
+    res = _results(buckets, L, H, lambda b, l, h: fronts[b])
+    plan = plan_run(buckets, n, 0, res, L, H, 0.3, 0.9, cost_of=lambda blk: blk / 100)
+    assert plan.cost <= 0.3 + 1e-9 and len(plan.tried) < n
+    assert plan.value >= max(v for _, _, v in plan.tried) - 1e-12
+    assert plan.value == pytest.approx(_brute_force(buckets, n, 0, res, L, H, 0.3, 0.9)[1], abs=2e-3)
+
+
+def test_plan_respects_the_required_warmup_and_names_the_least_budget():
+    buckets, n, L, H = [(0, 10), (10, 20)], 20, 1, 2
+    res = _results(buckets, L, H, lambda b, l, h: [(10, 0.5), (100, 1.0)])
+    plan = plan_run(buckets, n, 5, res, L, H, 0.5, 0.9, cost_of=lambda blk: blk / 100)
+    assert plan.dense_warmup >= 5 and plan.buckets[0][1][0] == plan.dense_warmup
+    # 5 dense steps + 15 steps at 0.1 = 6.5 / 20
+    with pytest.raises(InputError, match=r"use --budget >= 0\.325"):
+        plan_run(buckets, n, 5, res, L, H, 0.3, 0.9, cost_of=lambda blk: blk / 100)

@@ -46,7 +46,7 @@ def test_config_is_exact_within_budget_and_valid(profile_dir, tmp_path):
     cfg = load_config(out)
     s = summarize(cfg)
     assert s["density"] <= 0.45 + 0.005
-    for k in ("density", "density_all_steps", "bucket_density", "recall_mean", "recall_min"):
+    for k in ("density", "density_sparse_steps", "bucket_density", "recall_mean", "recall_min"):
         assert cfg.summary[k] == s[k]
     layout = TileLayout(GEO, TILE, BS)
     scorer = ExactScorer(layout)
@@ -54,7 +54,8 @@ def test_config_is_exact_within_budget_and_valid(profile_dir, tmp_path):
 
     prof = Profile.load(profile_dir)
     for bi, bucket in enumerate(cfg.buckets):
-        pb = [tuple(b) for b in prof.buckets].index(tuple(bucket.steps))  # profile bucket of these steps
+        pb = bucket.id  # the profile's bucket number
+        assert cfg.bucket_steps(bi)[1] == prof.buckets[pb][1]
         for lc in bucket.layers:
             mass = prof.mass(pb, lc.layer)
             built = cfg.layer_mask(bi, lc.layer, layout).head_density()
@@ -148,18 +149,29 @@ def test_holdout_reports_held_out_recall(profile_dir, tmp_path):
     assert "holdout_per_head" not in load_config(tmp_path / "h.yaml").summary
 
 
-def test_dense_warmup_rules(tmp_path):
-    # profile covering step 0 with two buckets: an unmeetable first bucket runs dense
-    prof, _ = planted_profile(GEO, TILE, BS, [["global", "global"]], buckets=2, seed=5)
-    res = run_search(prof, SearchSettings(budget=0.3, recall=0.99), tmp_path / "w.yaml")
-    assert res.config.dense_warmup == 10 and [b.steps for b in res.config.buckets] == [(10, 20)]
-    assert res.summary["dense_warmup_rule"] == "budget" and res.below_floor
-    # one bucket [0, 20): the recipe's warm-up, bucket clipped
+def test_budget_counts_the_whole_run(tmp_path):
+    # two buckets of 10 steps; the warm-up is chosen at step granularity with the patterns
+    prof, _ = planted_profile(GEO, TILE, BS, [["global", "local"], ["cross", "decay"]], buckets=2, seed=5)
+    for budget in (0.3, 0.5, 0.7):
+        res = run_search(prof, SearchSettings(budget=budget), tmp_path / f"w{budget}.yaml")
+        s = summarize(load_config(tmp_path / f"w{budget}.yaml"))
+        assert s["density"] <= budget + 0.005 and s["density"] == res.summary["density"]
+        assert res.summary["cost_vs_dense"] <= budget + 1e-9
+        w = res.config.dense_warmup
+        assert s["dense_steps"] == w and res.summary["dense_warmup_steps"] == w
+        assert [(b.id, res.config.bucket_steps(i)) for i, b in enumerate(res.config.buckets)] == \
+            [(b, (max(a, w), e)) for b, (a, e) in enumerate([(0, 10), (10, 20)]) if e > w]
+    # one bucket [0, 20): the recipe's warm-up is the least; the bucket is clipped to the chosen warm-up
     prof, _ = planted_profile(GEO, TILE, BS, [["local", "cross"]], buckets=1, seed=5, steps_per_bucket=20,
                               recipe={"profile": {"dense_warmup": 6}})
     res = run_search(prof, SearchSettings(budget=0.5), tmp_path / "r.yaml")
-    assert res.config.dense_warmup == 6 and res.config.buckets[0].steps == (6, 20)
-    load_config(tmp_path / "r.yaml")
+    cfg = load_config(tmp_path / "r.yaml")
+    assert cfg.dense_warmup >= 6 and cfg.bucket_steps(0) == (cfg.dense_warmup, 20)
+    assert summarize(cfg)["density"] <= 0.505
+    # below the cheapest whole run (6 dense steps of 20 alone are 0.3): one line naming the least budget
+    with pytest.raises(InputError, match=r"budget 0.3 is too small for the whole run: .* 6 dense steps need "
+                       r"0\.3\d+ of dense attention; use --budget >= 0\.3\d+"):
+        run_search(prof, SearchSettings(budget=0.3), tmp_path / "x.yaml")
 
 
 def test_input_errors(profile_dir, tmp_path):

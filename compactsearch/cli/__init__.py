@@ -11,7 +11,16 @@ import sys
 import click
 import typer
 
-from compactsearch.cli import evaluate_cmd, generate_cmd, inspect_cmd, profile_cmd, report_cmd, search_cmd, validate_cmd
+from compactsearch.cli import (
+    evaluate_cmd,
+    generate_cmd,
+    inspect_cmd,
+    profile_cmd,
+    report_cmd,
+    retarget_cmd,
+    search_cmd,
+    validate_cmd,
+)
 from compactsearch.cli._common import state
 from compactsearch.errors import CompactSearchError
 
@@ -46,6 +55,7 @@ def _root(
 # Commands, in the order a user meets them. Each module defines one function named after the command.
 app.command("profile")(profile_cmd.profile)
 app.command("search")(search_cmd.search)
+app.command("retarget")(retarget_cmd.retarget)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("generate")(generate_cmd.generate)

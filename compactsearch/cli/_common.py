@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "existing_file"]
+__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "existing_file", "StepsOpt", "FramesOpt",
+           "HeightOpt", "WidthOpt", "override_recipe"]
 
 # Progress, tables and logs go to stderr; results (--json) to stdout.
 console = Console(stderr=True, highlight=False)
@@ -22,7 +23,16 @@ class _State:
 
 state = _State()
 
-ConfigArg = Annotated[Path, typer.Argument(help="A compactsearch/v1 config YAML.", show_default=False)]
+ConfigArg = Annotated[Path, typer.Argument(help="A config YAML (compactsearch/v2; v1 is converted on read).",
+                                           show_default=False)]
+StepsOpt = Annotated[int | None, typer.Option(help="Denoising steps [default: the recipe's]; a config runs at any "
+                                              "step count.", show_default=False)]
+FramesOpt = Annotated[int | None, typer.Option(help="Video frames [default: the recipe's]; a config is retargeted "
+                                               "to the new token grid in memory.", show_default=False)]
+HeightOpt = Annotated[int | None, typer.Option(help="Video height in pixels [default: the recipe's].",
+                                               show_default=False)]
+WidthOpt = Annotated[int | None, typer.Option(help="Video width in pixels [default: the recipe's].",
+                                              show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with the results on stdout.")]
 
 
@@ -40,3 +50,17 @@ def existing_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise InputError(f"{what} {path} is a directory; give the file")
     return path
+
+
+def override_recipe(recipe, steps: int | None, frames: int | None, height: int | None, width: int | None):
+    """The recipe with the sampling steps and video size given on the command line."""
+    from dataclasses import replace
+
+    from compactsearch.errors import InputError
+
+    changes = {k: v for k, v in (("steps", steps), ("frames", frames), ("height", height), ("width", width))
+               if v is not None}
+    for k, v in changes.items():
+        if v < 1:
+            raise InputError(f"--{k} must be a positive integer, got {v}")
+    return replace(recipe, **changes)

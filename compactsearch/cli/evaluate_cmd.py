@@ -9,7 +9,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
+from compactsearch.cli._common import (
+    FramesOpt,
+    HeightOpt,
+    JsonOpt,
+    StepsOpt,
+    WidthOpt,
+    console,
+    existing_file,
+    override_recipe,
+    print_json,
+)
 
 __all__ = ["evaluate"]
 
@@ -32,6 +42,10 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
                                                show_default=False)] = None,
     backend: Annotated[str, typer.Option(help="Sparse kernel: auto, triton or reference.")] = "auto",
+    steps: StepsOpt = None,
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate held-out prompts dense and sparse with the same seeds and compare them.
@@ -55,7 +69,7 @@ def evaluate(
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
 
     recipe = recipe or default_recipe_path()
-    r = load_recipe(recipe)
+    r = override_recipe(load_recipe(recipe), steps, frames, height, width)
     if prompts is not None:
         plist = read_prompts(prompts, "--prompts file")
     elif r.holdout_prompts:

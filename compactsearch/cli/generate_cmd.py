@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
+from compactsearch.cli._common import (
+    FramesOpt,
+    HeightOpt,
+    JsonOpt,
+    StepsOpt,
+    WidthOpt,
+    console,
+    existing_file,
+    override_recipe,
+    print_json,
+)
 
 __all__ = ["generate"]
 
@@ -30,6 +40,10 @@ def generate(
     backend: Annotated[str, typer.Option(help="Sparse kernel: auto (Triton on CUDA, reference on CPU), triton or "
                                          "reference.")] = "auto",
     fps: Annotated[int, typer.Option(min=1, help="Frames per second of the file.")] = 8,
+    steps: StepsOpt = None,
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate one video with a recipe's model, dense or with a config's sparse attention.
@@ -56,7 +70,7 @@ a checkered gray background" -o compare.gif
     from compactsearch.runtime import apply
 
     recipe = recipe or default_recipe_path()
-    r = load_recipe(recipe)
+    r = override_recipe(load_recipe(recipe), steps, frames, height, width)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise InputError(f"--out {out}: write a .gif or an .mp4 file")
     if compare and config is None:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
-from compactsearch.config import load_config
+from compactsearch.config import load_config, summarize
 from compactsearch.errors import InputError
 from compactsearch.inspection import head_picture
 from compactsearch.validation import head_rows
@@ -18,7 +18,8 @@ def inspect(
     config: ConfigArg,
     layer: Annotated[int | None, typer.Option(help="Only this layer; with --head, draw that head.")] = None,
     head: Annotated[int | None, typer.Option(help="Draw this head's windows and block mask (needs --layer).")] = None,
-    bucket: Annotated[int | None, typer.Option(help="Only this step bucket (index).")] = None,
+    bucket: Annotated[int | None, typer.Option(help="Only this step bucket (its number, as the profile numbers it).")
+                      ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show a config: pattern, density and recall per layer and head, and a picture of one head.
@@ -31,19 +32,23 @@ def inspect(
     cfg = load_config(config)
     if head is not None and layer is None:
         raise InputError("--head needs --layer: say which layer's head to draw")
-    if bucket is not None and not 0 <= bucket < len(cfg.buckets):
-        raise InputError(f"--bucket {bucket} is out of range: the config has {len(cfg.buckets)} bucket(s)")
+    if bucket is not None and cfg.bucket_index(bucket) is None:
+        raise InputError(f"--bucket {bucket} is not in the config: its buckets are "
+                         f"{', '.join(str(b.id) for b in cfg.buckets)}")
     if layer is not None and not 0 <= layer < cfg.num_layers:
         raise InputError(f"--layer {layer} is out of range: the config has layers 0..{cfg.num_layers - 1}")
     if head is not None and not 0 <= head < cfg.num_heads:
         raise InputError(f"--head {head} is out of range: the config has heads 0..{cfg.num_heads - 1}")
     layout = cfg.layout()
     kind = cfg.provenance.get("kind", "unknown")
+    run = summarize(cfg)
     console.print(
         f"[bold]{cfg.model_id}[/] ({cfg.adapter}), {cfg.geometry.describe()}, {cfg.num_layers} layers x "
-        f"{cfg.num_heads} heads; {layout.describe()}; steps {cfg.num_steps}, dense warm-up {cfg.dense_warmup}; "
-        f"kind: {kind}"
+        f"{cfg.num_heads} heads; {layout.describe()}; {cfg.num_steps} steps, {cfg.dense_warmup} dense warm-up; "
+        f"kind: {kind}; read {cfg.source_format}"
     )
+    console.print(f"density {run['density']:.4f} over the whole run (ideal attention speed-up "
+                  f"{run['est_attention_speedup']:.2f}x), {run['density_sparse_steps']:.4f} over the sparse steps")
     rows = head_rows(cfg, bucket=bucket, layer=layer)
     table = Table(title_justify="left")
     for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall"):
@@ -54,7 +59,7 @@ def inspect(
     if head is None:
         console.print(table)
     if head is not None:
-        bi = bucket or 0
+        bi = 0 if bucket is None else cfg.bucket_index(bucket)
         console.print(head_picture(cfg, bi, layer, head))
     if json_out:
-        print_json({"rows": rows, "summary": cfg.summary, "provenance": cfg.provenance})
+        print_json({"rows": rows, "summary": cfg.summary, "run": run, "provenance": cfg.provenance})

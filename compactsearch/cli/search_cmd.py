@@ -19,8 +19,9 @@ from compactsearch.search.run import SearchSettings, default_storage, run_search
 def search(
     profile: Annotated[Path, typer.Argument(help="A profile directory (from `compactsearch profile`).",
                                             show_default=False)],
-    budget: Annotated[float, typer.Option(help="Compute budget: total block density (or cost-model time) as a "
-                                               "fraction of dense, in (0, 1].", show_default=False)],
+    budget: Annotated[float, typer.Option(help="Compute budget of the whole sampling run: attention blocks (or "
+                                               "cost-model time) over dense, dense warm-up steps counted at 1, in "
+                                               "(0, 1].", show_default=False)],
     recall: Annotated[float, typer.Option(help="Recall floor per head, in (0, 1].")] = 0.9,
     trials: Annotated[int, typer.Option(help="Optuna trials per head (baseline seeds included).")] = 32,
     workers: Annotated[int | None, typer.Option(help="Processes searching in parallel [default: CPU cores].",
@@ -75,14 +76,17 @@ def search(
     table = Table(title=f"{out}", title_justify="left")
     table.add_column("")
     table.add_column("value", overflow="fold")
-    table.add_row("density (sparse steps)", f"{s['density']:.4f} (budget {budget:g})")
+    table.add_row("density", f"{s['density']:.4f} over the whole run (budget {budget:g}; ideal attention speed-up "
+                             f"{s['est_attention_speedup']:.2f}x), {s['density_sparse_steps']:.4f} over the sparse "
+                             "steps")
     table.add_row("recall mean / min", f"{s.get('recall_mean', 1.0):.4f} / {s.get('recall_min', 1.0):.4f} "
                                        f"(floor {recall:g})")
     if s.get("objective") == "fidelity":
         table.add_row("objective", f"output fidelity (mean {s['fidelity_mean']:.4f}; recall kept as the floor)")
     else:
         table.add_row("objective", "recall" + ("" if s.get("objective") else " (profile without value statistics)"))
-    table.add_row("dense warm-up", f"{outcome.config.dense_warmup} steps ({s['dense_warmup_rule']} rule)")
+    table.add_row("dense warm-up", f"{outcome.config.dense_warmup} of {outcome.config.num_steps} steps (chosen "
+                                   f"with the patterns under the budget)")
     b = s["baselines"]
     table.add_row(f"density at recall {recall:g}",
                   f"search {b['density_search']:.4f}, greedy {b['density_greedy']:.4f}, "

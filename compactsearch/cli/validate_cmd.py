@@ -72,10 +72,13 @@ def validate(
     console.print(table)
     for line in report.extra.get("kernel_results", []):
         console.print(f"  kernel {line}")
+    plan = cfg.plan()
     console.print(
-        f"density {report.density:.4f} (sparse steps; ideal attention speed-up {1 / report.density:.2f}x), "
-        f"tiling waste {report.tiling_waste:.2%}, buckets "
-        + ", ".join(f"{list(b.steps)}: {d:.4f}" for b, d in zip(cfg.buckets, report.bucket_density))
+        f"read {cfg.source_format}; density {report.density:.4f} over the whole run ({plan.n} steps, "
+        f"{plan.dense_steps} dense; ideal attention speed-up {1 / report.density:.2f}x), "
+        f"{report.density_sparse_steps:.4f} over the sparse steps; tiling waste {report.tiling_waste:.2%}; buckets "
+        + ", ".join(f"{b.id} steps {list(r)}: {d:.4f}" for b, r, d in zip(cfg.buckets, plan.ranges,
+                                                                          report.bucket_density))
     )
     console.print("[green]all checks passed[/]" if report.ok else "[red]some checks failed[/]")
     if json_out:

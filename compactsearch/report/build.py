@@ -12,8 +12,9 @@ process at a time) computes:
 - for each ``--head L.H``, the head's exact Pareto front, recomputed with `compactsearch.search.search_head`
   using the config's search settings (defaults without one), with the greedy and best-cube baselines.
 
-A config bucket is matched to the profile bucket whose step range overlaps it most (a searched config's
-buckets are the profile's, clipped to the dense warm-up).
+A config bucket is matched to the profile bucket whose step range overlaps it most, with the config's schedule
+laid on the profile's step count (a searched config's buckets are the profile's, clipped to the dense warm-up,
+and carry the profile's bucket numbers); the page names buckets by the profile's numbers only.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 
 from compactsearch._io import atomic_dir, atomic_write_text
-from compactsearch.config import Config, load_config
+from compactsearch.config import Config, load_config, run_density
 from compactsearch.errors import InputError
 from compactsearch.patterns import Pattern, reference_panel, tile_mask
 from compactsearch.profile.stats import LABELS, head_stats
@@ -88,11 +89,12 @@ def check_config_matches(profile: Profile, config: Config, config_path: Path | s
 def match_buckets(profile_buckets: Sequence[tuple[int, int]], config: Config, config_path: Path | str) -> list[int]:
     """For each config bucket, the profile bucket whose steps overlap it most."""
     out = []
-    for i, b in enumerate(config.buckets):
-        overlaps = [max(0, min(b.steps[1], e) - max(b.steps[0], a)) for a, e in profile_buckets]
+    plan = config.plan(profile_buckets[-1][1])
+    for i, (lo, hi) in enumerate(plan.ranges):
+        overlaps = [max(0, min(hi, e) - max(lo, a)) for a, e in profile_buckets]
         best = int(np.argmax(overlaps))
         if overlaps[best] == 0:
-            raise InputError(f"config {config_path}: buckets[{i}] steps {list(b.steps)} overlap no profile bucket "
+            raise InputError(f"config {config_path}: buckets[{i}] steps {[lo, hi]} overlap no profile bucket "
                              f"({[list(x) for x in profile_buckets]}); give a config searched on this profile")
         out.append(best)
     return out
@@ -377,7 +379,7 @@ class _Page:
         return f"bucket {b} ({_steps(self.profile.buckets[b])})"
 
     def _cfg_title(self, ci: int) -> str:
-        return f"config bucket {ci} ({_steps(self.config.buckets[ci].steps)}; profile bucket {self.cfg_map[ci]})"
+        return f"bucket {self.cfg_map[ci]} ({_steps(self.config.bucket_steps(ci))})"
 
     def meta(self) -> list[str]:
         p, lay = self.profile, self.layout
@@ -391,7 +393,8 @@ class _Page:
             prov = c.provenance or {}
             lines.append(f"Config: {self.config_path or 'given'} (kind {prov.get('kind', 'unknown')}"
                          + (f", made {prov['date']}" if prov.get("date") else "")
-                         + f"); {c.num_steps} steps, dense warm-up {c.dense_warmup}, {len(c.buckets)} buckets")
+                         + f"); {c.num_steps} steps, dense warm-up {c.dense_warmup}, {len(c.buckets)} sparse "
+                         "buckets")
         else:
             lines.append("No config given: the report shows the profile only (labels, maps, text mass, waste).")
         return lines
@@ -433,18 +436,15 @@ class _Page:
             s.items.append(Table(["quantity", "this profile", ""], rows))
             return s
         c = self.config
-        steps = np.array([b.steps[1] - b.steps[0] for b in c.buckets], dtype=float)
         per_bucket = d.density.mean(axis=(1, 2))
-        sparse = float((per_bucket * steps).sum() / max(steps.sum(), 1))
-        dense_steps = c.num_steps - steps.sum()
-        dens_all = (sparse * steps.sum() + dense_steps) / c.num_steps
+        run = run_density([float(x) for x in per_bucket], c.plan())
         below = int((d.recall < self.floor - 1e-12).sum()) if self.floor is not None else 0
         any_sparse = d.recall.size > 0  # a config with no bucket runs every step dense
         mine = {
-            "density": round(sparse, 5) if any_sparse else 1.0,
-            "density_all_steps": round(float(dens_all), 5),
+            "density": run["density"],
+            "density_sparse_steps": run["density_sparse_steps"],
             "bucket_density": [round(float(x), 5) for x in per_bucket],
-            "est_attention_speedup": round(1.0 / float(dens_all), 3),
+            "est_attention_speedup": run["est_attention_speedup"],
             "recall_mean": round(float(d.recall.mean()), 5) if any_sparse else 1.0,
             "recall_min": round(float(d.recall.min()), 5) if any_sparse else 1.0,
             "recall_min_block": round(float(d.recall_min.min()), 5) if any_sparse else 1.0,
@@ -455,9 +455,9 @@ class _Page:
             mine["fidelity_mean"] = round(float(d.fidelity.mean()), 5)
         self.summary["config"] = mine
         rec = c.summary or {}
-        names = [("density", "block density over sparse steps"),
-                 ("density_all_steps", "block density over all steps (dense warm-up included)"),
-                 ("est_attention_speedup", "estimated attention speed-up (1 / density over all steps)"),
+        names = [("density", "block density over the whole run (dense warm-up steps at 1)"),
+                 ("density_sparse_steps", "block density over the sparse steps"),
+                 ("est_attention_speedup", "ideal attention speed-up (1 / whole-run density)"),
                  ("recall_mean", "recall, mean over heads"), ("recall_min", "recall, worst head"),
                  ("recall_min_block", "recall, worst query block"),
                  ("heads_below_floor", f"heads below the recall floor {self.floor:g}"),

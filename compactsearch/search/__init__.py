@@ -16,7 +16,7 @@ Public names (modules are private):
 from __future__ import annotations
 
 from compactsearch.search.baselines import best_cube, cube_front, default_partition, greedy_contraction, min_pattern
-from compactsearch.search.budget import Allocation, WarmupDecision, allocate, warmup_by_budget, warmup_from_recipe
+from compactsearch.search.budget import Allocation, RunPlan, allocate, plan_run
 from compactsearch.search.evaluate import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.holdout import HoldoutSplit, split_prompts
 from compactsearch.search.run import SearchOutcome, SearchSettings, default_storage, head_name, run_search
@@ -50,9 +50,8 @@ __all__ = [
     "lagrangian_sweep",
     "allocate",
     "Allocation",
-    "WarmupDecision",
-    "warmup_by_budget",
-    "warmup_from_recipe",
+    "RunPlan",
+    "plan_run",
     "split_prompts",
     "HoldoutSplit",
 ]

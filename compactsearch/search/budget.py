@@ -17,22 +17,31 @@ recall either way.
 If even every head's cheapest point is over the budget, the budget is infeasible (`InputError` naming the
 smallest feasible budget).
 
-**Dense warm-up rule.** A profile *covers the warm-up* when it has more than one bucket and its first bucket
-starts at step 0. Then the leading buckets whose heads cannot all reach the floor within the budget (the sum
-of each head's cheapest floor-meeting point costs more than the budget) run dense: ``dense_warmup`` is the
-start of the first bucket that can, and the last bucket is always searched. Otherwise ``dense_warmup`` is the
-recipe's value (0 when it has none) and buckets are clipped to start at or after it.
+**The whole run.** The budget bounds the attention compute of a whole sampling run relative to dense: dense
+steps count 1, sparse steps their density (or cost-model time). Each head's weight is its bucket's sparse steps
+over the run's steps, so the allocation's total is the whole-run figure once the dense steps are added.
+
+**Dense warm-up rule** (`plan_run`): the warm-up length ``W`` (leading dense steps, at step granularity) is
+chosen jointly with the heads' patterns. For a candidate ``W`` the profile buckets are clipped to start at
+``W``, the dense steps take ``dense / N`` of the budget, and the allocation above spends the rest on the heads;
+a dense step scores value 1 (it is exact), so the plan's value is the whole-run mean of the heads' fidelity (or
+recall) with dense steps at 1. The ``W`` with the highest value wins (ties: the shorter warm-up). ``W`` starts
+at the recipe's ``dense_warmup`` or the first profiled step, whichever is later (steps the profile did not
+measure can only run dense). Runs over 12 candidate lengths are scanned on a grid of 12, then at every length
+between the best grid point's neighbours. A budget below the cheapest plan (every head at its cheapest point,
+no more warm-up than required) is an `InputError` naming the smallest feasible budget.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from compactsearch.errors import InputError
 from compactsearch.search.study import HeadResult
 
-__all__ = ["Allocation", "allocate", "hull", "WarmupDecision", "warmup_from_recipe", "warmup_by_budget"]
+__all__ = ["Allocation", "allocate", "hull", "RunPlan", "plan_run", "sparse_ranges"]
 
 _EPS = 1e-12
 
@@ -159,36 +168,88 @@ def allocate(
     return Allocation(tuple(choice), total, recall, below)
 
 
-# --------------------------------------------------------------------------------------------- dense warm-up
+# --------------------------------------------------------------------------------------------- the whole run
 @dataclass(frozen=True)
-class WarmupDecision:
-    """``dense_warmup``, the profile buckets searched (index, config step range), and the rule applied."""
+class RunPlan:
+    """The dense warm-up, the sparse step range of each searched profile bucket, the heads' allocation.
+
+    ``cost`` and ``value`` are whole-run figures (dense steps at 1); ``tried`` lists ``(warmup, cost, value)``
+    of every warm-up length evaluated.
+    """
 
     dense_warmup: int
     buckets: tuple[tuple[int, tuple[int, int]], ...]
-    rule: str
+    keys: tuple[tuple[int, int, int], ...]
+    weights: tuple[float, ...]
+    allocation: Allocation
+    cost: float
+    value: float
+    tried: tuple[tuple[int, float, float], ...]
 
 
-def covers_warmup(buckets: list[tuple[int, int]]) -> bool:
-    return len(buckets) > 1 and buckets[0][0] == 0
+def sparse_ranges(buckets: list[tuple[int, int]], warmup: int) -> list[tuple[int, tuple[int, int]]]:
+    """Profile buckets clipped to start at ``warmup``: ``(index, (a, b))`` for those with a step left."""
+    return [(i, (max(a, warmup), b)) for i, (a, b) in enumerate(buckets) if b > max(a, warmup)]
 
 
-def warmup_from_recipe(buckets: list[tuple[int, int]], recipe_warmup: int) -> WarmupDecision:
-    """The recipe's ``dense_warmup``; buckets ending before it are dropped, the next one is clipped to it."""
-    kept = []
-    for i, (a, b) in enumerate(buckets):
-        if b <= recipe_warmup:
-            continue
-        kept.append((i, (max(a, recipe_warmup), b)))
-    if not kept:
-        raise InputError(f"the recipe's dense_warmup ({recipe_warmup}) covers every profiled bucket "
-                         f"{[list(b) for b in buckets]}: there is nothing to search")
-    return WarmupDecision(recipe_warmup, tuple(kept), "recipe")
+def plan_run(buckets: list[tuple[int, int]], num_steps: int, min_warmup: int, results: dict, layers: int,
+             heads: int, budget: float, floor: float, cost_of=None) -> RunPlan:
+    """Choose the dense warm-up and every head's front point under one whole-run budget (module docstring).
 
+    Args:
+        buckets: the profile's step ranges.
+        num_steps: the run's steps.
+        min_warmup: the shortest allowed warm-up.
+        results: ``(bucket, layer, head) -> HeadResult`` for every bucket with a step at or after ``min_warmup``.
+        cost_of: ``blocks -> fraction of a dense head`` (default blocks themselves: pass the density function).
+    """
+    cost_of = cost_of or (lambda b: float(b))
+    lh = layers * heads
+    cheapest_of = {}
+    for b, _ in sparse_ranges(buckets, min_warmup):
+        cheapest_of[b] = sum(cost_of(results[(b, l, h)].front[0].blocks) for l in range(layers)
+                             for h in range(heads)) / lh
 
-def warmup_by_budget(buckets: list[tuple[int, int]], floor_cost: list[float], budget: float) -> WarmupDecision:
-    """Leading buckets whose floor-meeting cost (fraction of dense) exceeds the budget run dense."""
-    k = 0
-    while k < len(buckets) - 1 and floor_cost[k] > budget + _EPS:
-        k += 1
-    return WarmupDecision(buckets[k][0], tuple((i, tuple(buckets[i])) for i in range(k, len(buckets))), "budget")
+    def cheapest(w: int) -> float:
+        rng = sparse_ranges(buckets, w)
+        sparse = sum(e - a for _, (a, e) in rng)
+        return (num_steps - sparse + sum((e - a) * cheapest_of[b] for b, (a, e) in rng)) / num_steps
+
+    # at least one step stays sparse: a whole-dense run is no config (budget 1 lets every head be dense anyway)
+    candidates = [w for w in range(min_warmup, num_steps) if cheapest(w) <= budget + _EPS]
+    if not candidates:
+        least = min(cheapest(w) for w in range(min_warmup, num_steps))
+        first = f" and {min_warmup} dense warm-up steps" if min_warmup else ""
+        raise InputError(f"budget {budget:g} is too small for the whole run: the cheapest patterns{first} need "
+                         f"{least:.4f} of dense attention; use --budget >= {math.ceil(least * 1e4) / 1e4:g}")
+
+    plans: dict[int, RunPlan] = {}
+
+    def evaluate(w: int) -> RunPlan:
+        if w in plans:
+            return plans[w]
+        rng = sparse_ranges(buckets, w)
+        sparse = sum(e - a for _, (a, e) in rng)
+        dense = (num_steps - sparse) / num_steps
+        keys = tuple((b, l, h) for b, _ in rng for l in range(layers) for h in range(heads))
+        steps = dict(rng)
+        weights = tuple((steps[b][1] - steps[b][0]) / (num_steps * lh) for b, _, _ in keys)
+        fronts = [results[k] for k in keys]
+        if keys:
+            alloc = allocate(fronts, list(weights), list(weights), budget - dense, floor, cost_of=cost_of)
+        else:
+            alloc = Allocation((), 0.0, 0.0, ())
+        plans[w] = RunPlan(w, tuple(rng), keys, weights, alloc, dense + alloc.cost, dense + alloc.recall, ())
+        return plans[w]
+
+    grid = candidates
+    if len(candidates) > 12:
+        idx = sorted({round(i * (len(candidates) - 1) / 11) for i in range(12)})
+        grid = [candidates[i] for i in idx]
+    best = max(grid, key=lambda w: (round(evaluate(w).value, 9), -w))
+    if grid is not candidates:
+        gi = grid.index(best)
+        lo, hi = grid[max(gi - 1, 0)], grid[min(gi + 1, len(grid) - 1)]
+        best = max((w for w in candidates if lo <= w <= hi), key=lambda w: (round(evaluate(w).value, 9), -w))
+    tried = tuple((w, round(p.cost, 5), round(p.value, 5)) for w, p in sorted(plans.items()))
+    return replace(plans[best], tried=tried)

@@ -41,14 +41,9 @@ from compactsearch import __version__
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig, summarize
 from compactsearch.errors import InputError
 from compactsearch.profile.store import Profile
+from compactsearch.schedule import fraction
 from compactsearch.search.baselines import min_pattern
-from compactsearch.search.budget import (
-    WarmupDecision,
-    allocate,
-    covers_warmup,
-    warmup_by_budget,
-    warmup_from_recipe,
-)
+from compactsearch.search.budget import plan_run, sparse_ranges
 from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.holdout import HoldoutSplit, holdout_report, split_prompts, unit_masses
@@ -396,20 +391,23 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
         split = split_prompts(n_prompts, settings.holdout, settings.seed)
 
     to_cost = _dense_cost(cost_model, nb)
-    scorer = ExactScorer(layout)
-    cheapest = to_cost(scorer.blocks(min_pattern()))
+    buckets = [tuple(b) for b in profile.buckets]
+    min_warmup = max(_recipe_warmup(profile), buckets[0][0])
+    ranges = sparse_ranges(buckets, min_warmup)
+    if not ranges:
+        raise InputError(f"the recipe's dense_warmup ({min_warmup}) covers every profiled bucket "
+                         f"{[list(b) for b in buckets]}: there is nothing to search")
+    searched = [i for i, _ in ranges]
+    # before any search: the whole run's cheapest plan (the required dense steps, every head at its own tile)
+    sparse = sum(e - a for _, (a, e) in ranges)
+    cheapest = (profile.num_steps - sparse + sparse * to_cost(ExactScorer(layout).blocks(min_pattern()))
+                ) / profile.num_steps
     if settings.budget < cheapest - 1e-12:
         least = math.ceil(cheapest * 1e4) / 1e4
-        raise InputError(f"budget {settings.budget:g} is too small: the cheapest patterns (every query tile sees only "
-                         f"its own tile, text dense) need {cheapest:.4f}; use --budget >= {least:g}")
-
-    buckets = [tuple(b) for b in profile.buckets]
-    if covers_warmup(buckets):
-        searched = list(range(len(buckets)))
-        decision: WarmupDecision | None = None
-    else:
-        decision = warmup_from_recipe(buckets, _recipe_warmup(profile))
-        searched = [i for i, _ in decision.buckets]
+        dense = f" and {profile.num_steps - sparse} dense steps" if sparse < profile.num_steps else ""
+        raise InputError(f"budget {settings.budget:g} is too small for the whole run: the cheapest patterns (every "
+                         f"query tile sees only its own tile, text dense){dense} need {cheapest:.4f} of dense "
+                         f"attention; use --budget >= {least:g}")
 
     key = _run_key(profile, settings, split)
     if storage is None:
@@ -461,8 +459,8 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
         raise InputError(f"{len(missing)} heads were not searched (first: {head_name(*missing[0])}); re-run with "
                          "--resume")
 
-    config, summary, below = _build_config(profile, profile_path, settings, results, searched, decision,
-                                           to_cost, split, cost_model, key, arguments or {})
+    config, summary, below = _build_config(profile, profile_path, settings, results, min_warmup, to_cost, split,
+                                           cost_model, key, arguments or {})
     config.save(Path(out))
     return SearchOutcome(config, Path(out), summary, below, computed[0], total_heads - computed[0],
                          time.perf_counter() - t0, "sqlite (default)" if storage is None else "external",
@@ -529,46 +527,34 @@ def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int])
     return summarize(config, [by_bucket[b] for b in sorted(by_bucket)])
 
 
-def _build_config(profile, profile_path, settings, results, searched, decision, to_cost, split, cost_model, key,
+def _build_config(profile, profile_path, settings, results, min_warmup, to_cost, split, cost_model, key,
                   arguments):
     layout = profile.layout()
     nb = layout.num_blocks
     L, H = profile.num_layers, profile.num_heads
     floor = settings.recall
     buckets = [tuple(b) for b in profile.buckets]
-    if decision is None:
-        floor_cost = []
-        for b in searched:
-            c = sum(to_cost(results[(b, l, h)].cheapest_feasible(floor).blocks) for l in range(L) for h in range(H))
-            floor_cost.append(c / (L * H))
-        decision = warmup_by_budget(buckets, floor_cost, settings.budget)
-
-    keys, cw, rw = [], [], []
-    steps = {b: rng[1] - rng[0] for b, rng in decision.buckets}
-    n_steps = sum(steps.values())
-    for b, _ in decision.buckets:
-        for l in range(L):
-            for h in range(H):
-                keys.append((b, l, h))
-                w = steps[b] / (n_steps * L * H)
-                cw.append(w)
-                rw.append(w)
+    n_run = profile.num_steps
+    plan = plan_run(buckets, n_run, min_warmup, results, L, H, settings.budget, floor, cost_of=to_cost)
+    keys, alloc = list(plan.keys), plan.allocation
     fronts = [results[k] for k in keys]
-    alloc = allocate(fronts, cw, rw, settings.budget, floor, cost_of=to_cost)
     chosen = {k: fronts[i].front[alloc.choice[i]] for i, k in enumerate(keys)}
 
     cfg_buckets = []
-    for b, rng in decision.buckets:
+    for b, rng in plan.buckets:
         layers = []
         for l in range(L):
             heads = tuple(HeadConfig(h, chosen[(b, l, h)].pattern, chosen[(b, l, h)].recall,
                                      chosen[(b, l, h)].blocks / (nb * nb)) for h in range(H))
             layers.append(LayerConfig(l, heads))
-        cfg_buckets.append(Bucket(tuple(rng), tuple(layers)))
+        cfg_buckets.append(Bucket.of_steps(rng, n_run, tuple(layers), b))
 
     below = [head_name(*keys[i]) for i in alloc.below_floor]
-    # baselines at the floor: the search's cheapest floor-meeting point against greedy and best cube
-    w_by_key = dict(zip(keys, cw, strict=True))
+    # baselines at the floor: the search's cheapest floor-meeting point against greedy and best cube, over the
+    # sparse steps
+    cw = list(plan.weights)
+    w_sum = sum(cw)
+    w_by_key = {k: w / w_sum for k, w in zip(keys, cw, strict=True)}
     dens = {"search": 0.0, "greedy": 0.0, "cube": 0.0}
     dominated = 0
     for k in keys:
@@ -613,14 +599,14 @@ def _build_config(profile, profile_path, settings, results, searched, decision, 
         head_dim=int(model.get("head_dim") or 0) or DEFAULT_HEAD_DIM,
         tile=tuple(profile.tile),
         block_size=profile.block_size,
-        num_steps=profile.num_steps,
-        dense_warmup=decision.dense_warmup,
+        num_steps=n_run,
+        warmup=fraction(plan.dense_warmup, n_run),
         buckets=tuple(cfg_buckets),
         search=search_block,
         provenance=provenance,
     )
     summary = summary_from_blocks(config, {k: p.blocks for k, p in chosen.items()})
-    summary["cost_vs_dense"] = round(alloc.cost, 5)
+    summary["cost_vs_dense"] = round(plan.cost, 5)
     summary["recall_floor"] = floor
     summary["heads_below_floor"] = len(below)
     if below:
@@ -628,12 +614,14 @@ def _build_config(profile, profile_path, settings, results, searched, decision, 
     summary["recall_min_block"] = round(min(p.recall_min for p in chosen.values()), 5)
     summary["objective"] = settings.objective
     if settings.objective == "fidelity":
-        summary["fidelity_mean"] = round(sum(w * chosen[k].value for k, w in zip(keys, rw, strict=True)) / sum(rw), 5)
-    summary["dense_warmup_rule"] = decision.rule
-    summary["bucket_steps"] = {f"b{b}": list(rng) for b, rng in decision.buckets}
+        summary["fidelity_mean"] = round(sum(w_by_key[k] * chosen[k].value for k in keys), 5)
+    summary["value_whole_run"] = round(plan.value, 5)
+    summary["dense_warmup_steps"] = plan.dense_warmup
+    summary["warmup_tried"] = [list(t) for t in plan.tried]
+    summary["bucket_steps"] = {f"b{b}": list(rng) for b, rng in plan.buckets}
     summary["baselines"] = baselines
     if split is not None and split.holdout:
-        rows = [(head_name(*k), w_by_key[k] / sum(cw), chosen[k].recall, chosen[k].holdout_recall)
+        rows = [(head_name(*k), w_by_key[k], chosen[k].recall, chosen[k].holdout_recall)
                 for k in keys]
         rep = holdout_report(rows, list(profile.prompts), split)
         summary["holdout"] = {k: v for k, v in rep.items() if k != "per_head"}

@@ -66,8 +66,8 @@ def make(name: str) -> Config:
         layer_cfgs.append(LayerConfig(li, tuple(hcs)))
     return Config(
         model_id=model_id, adapter=adapter, geometry=geometry, num_layers=layers, num_heads=heads,
-        head_dim=head_dim, tile=tile, block_size=block_size, num_steps=50, dense_warmup=15,
-        buckets=(Bucket((15, 50), tuple(layer_cfgs)),),
+        head_dim=head_dim, tile=tile, block_size=block_size, num_steps=50, warmup=0.3,
+        buckets=(Bucket((0.3, 1.0), tuple(layer_cfgs)),),
         provenance={"kind": "example", "note": "hand-designed example, NOT searched: shows the format only"},
     )
 

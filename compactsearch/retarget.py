@@ -132,7 +132,8 @@ def retarget_pattern(p: Pattern, old: TileLayout, new: TileLayout, rule: str = "
 
 
 def retarget(config: Config, grid: tuple[int, int, int] | None = None, num_steps: int | None = None,
-             rule: str = "tokens", text_tokens: int | None = None) -> Config:
+             rule: str = "tokens", text_tokens: int | None = None,
+             tiling: tuple[tuple[int, int, int], int] | None = None) -> Config:
     """``config`` mapped to another token grid and/or step count of the same model.
 
     Args:
@@ -141,6 +142,8 @@ def retarget(config: Config, grid: tuple[int, int, int] | None = None, num_steps
             changes only the count the summary is computed at.
         rule: ``"tokens"`` or ``"fraction"`` (module docstring).
         text_tokens: the new text length (default: the config's).
+        tiling: ``(tile, block_size)`` to use (a profile's, to score the result on it); default re-chosen for the
+            new grid by `default_tiling` (64-token blocks when the grid has fewer than two 128-token blocks).
 
     Raises:
         InputError: a grid smaller than one tile per axis of the new tiling, a non-positive size, an unknown rule.
@@ -155,12 +158,13 @@ def retarget(config: Config, grid: tuple[int, int, int] | None = None, num_steps
         raise InputError(f"the token grid must be three positive integers T,H,W, got {list(grid)}")
     text = old_g.text_tokens if text_tokens is None else text_tokens
     geometry = VideoGeometry(*grid, text, old_g.text_position if text else "none")
-    same_grid = geometry == old_g
+    same_grid = geometry == old_g and (tiling is None or (tuple(tiling[0]), tiling[1]) == (config.tile,
+                                                                                       config.block_size))
     if same_grid:
         tile, block_size, buckets = config.tile, config.block_size, config.buckets
     else:
-        tile, block_size = default_tiling(geometry)
-        if block_size > 64 and geometry.video_tokens < 2 * block_size:  # small grids: 64-token blocks
+        tile, block_size = tiling if tiling is not None else default_tiling(geometry)
+        if tiling is None and block_size > 64 and geometry.video_tokens < 2 * block_size:  # small grids
             tile, block_size = default_tile_shape(geometry, 64), 64
         old, new = config.layout(), TileLayout(geometry, tile, block_size)
         if new.num_video_blocks < 2:

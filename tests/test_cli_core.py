@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from compactsearch.cli import main
+from compactsearch.config import summarize
 from tests.conftest import small_config
 
 
@@ -57,6 +58,17 @@ def test_validate_budget_check(tmp_path, capsys):
     path.write_text(yaml.safe_dump(d))
     code, out, _ = run(["validate", str(path), "--json", "--no-numerics"], capsys)
     assert code == 1 and any(c["name"] == "budget" and not c["ok"] for c in json.loads(out)["checks"])
+    # the budget is on the whole run: a budget above the sparse steps' density but below the whole run's fails
+    s = summarize(small_config())
+    assert s["density_sparse_steps"] + 0.02 < s["density"]
+    for budget, code_expected in ((s["density_sparse_steps"] + 0.01, 1), (s["density"], 0)):
+        d["search"] = {"budget": round(budget, 4)}
+        path.write_text(yaml.safe_dump(d))
+        code, out, err = run(["validate", str(path), "--json", "--no-numerics"], capsys)
+        report = json.loads(out)
+        assert code == code_expected and report["density"] == pytest.approx(s["density"], abs=1e-5), err
+        assert report["density_sparse_steps"] == pytest.approx(s["density_sparse_steps"], abs=1e-5)
+        assert "read compactsearch/v2" in err and "over the whole run" in err
 
 
 def _bad_inputs(tmp_path):

@@ -75,7 +75,7 @@ def test_baselines_match_the_density_and_use_one_cube_everywhere():
     base = baseline_configs(prof, cfg)
     assert set(base) == {"best-cube", "greedy"}
     for name, b in base.items():
-        assert b.buckets[0].steps == cfg.buckets[0].steps and b.dense_warmup == cfg.dense_warmup
+        assert b.buckets[0].run == cfg.buckets[0].run and b.dense_warmup == cfg.dense_warmup
         assert summarize(b)["bucket_density"][0] <= target + 1e-9, name
         assert b.provenance["kind"] == f"baseline-{name}"
     cube = {h.pattern for lc in base["best-cube"].buckets[0].layers for h in lc.heads}

@@ -16,6 +16,7 @@ from planted import planted_mass, planted_profile
 
 from compactsearch.cli import main
 from compactsearch.config import load_config
+from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window, tile_mask
 from compactsearch.profile.store import Profile
@@ -28,6 +29,7 @@ from compactsearch.report import (
     select,
     window_rects,
 )
+from compactsearch.report.build import match_buckets
 from compactsearch.report.maps import downsample
 from compactsearch.search import SearchSettings, run_search
 from compactsearch.tiling import TileLayout
@@ -190,7 +192,7 @@ def test_report_with_config_and_head(searched, tmp_path):
     assert sum(n.startswith("05-maps-") for n in names) == 2 * 2  # 2 buckets x 2 layers
     # the recomputed recall and density are the search's exact numbers
     mine, rec = res.summary["config"], cfg.summary
-    for k in ("density", "density_all_steps", "recall_mean", "recall_min", "est_attention_speedup"):
+    for k in ("density", "density_sparse_steps", "recall_mean", "recall_min", "est_attention_speedup"):
         assert mine[k] == pytest.approx(rec[k], abs=2e-5), k
     assert mine["heads_below_floor"] == rec["heads_below_floor"]
     for text in ("Recall against cost, per requested head", "L1.H0", "greedy", "best cube", "chosen (config)",
@@ -228,10 +230,10 @@ def test_report_without_config_and_recomputed_stats(searched, tmp_path):
 def test_config_running_every_step_dense(searched, tmp_path):
     prof_dir, cfg_path, _ = searched
     cfg = load_config(cfg_path)
-    dense = dataclasses.replace(cfg, buckets=(), dense_warmup=cfg.num_steps, summary={})
+    dense = dataclasses.replace(cfg, buckets=(), warmup=1.0, summary={})
     dense.save(tmp_path / "dense.yaml")
     res = build_report(prof_dir, tmp_path / "rep", config=tmp_path / "dense.yaml", heads=["0.0"], workers=1)
-    assert res.summary["config"]["density_all_steps"] == 1.0 and res.summary["config"]["est_attention_speedup"] == 1.0
+    assert res.summary["config"]["density"] == 1.0 and res.summary["config"]["est_attention_speedup"] == 1.0
     html = res.html.read_text()
     assert "every step runs dense" in html and "the config runs this bucket dense" in html
     assert sum(f.name.startswith("06-front") for f in res.figures) == 1
@@ -309,22 +311,27 @@ def test_bad_input_is_one_line_and_exit_2(searched, other_config, tmp_path, caps
         assert not (tmp_path / "o").exists()
 
 
-def test_config_with_unknown_buckets_is_refused(searched, tmp_path, capsys):
+def test_config_at_another_step_count_maps_onto_the_profile_buckets(searched, tmp_path):
     prof_dir, cfg_path, _ = searched
-    text = cfg_path.read_text()
-    # move every bucket past the profile's steps (the profile covers steps 0-19)
-    data = load_config(cfg_path).to_dict()
-    data["schedule"]["steps"] = 100
-    data["schedule"]["dense_warmup"] = 50
-    for i, b in enumerate(data["buckets"]):
-        b["steps"] = [50 + 10 * i, 60 + 10 * i]
-    from compactsearch._io import dump_yaml
+    cfg = load_config(cfg_path)  # searched on the profile's 20 steps, buckets numbered as the profile's
+    other = dataclasses.replace(cfg, num_steps=50)  # the same fractions of the run, laid on 50 steps
+    other.save(tmp_path / "fifty.yaml")
+    a = build_report(prof_dir, tmp_path / "a", config=cfg_path, workers=1)
+    b = build_report(prof_dir, tmp_path / "b", config=tmp_path / "fifty.yaml", workers=1)
+    assert a.summary["config"]["recall_mean"] == b.summary["config"]["recall_mean"]
+    html = b.html.read_text()
+    for bucket in cfg.buckets:  # one numbering: the profile's
+        assert f"bucket {bucket.id} (" in html
+    assert "config bucket" not in html and "profile bucket" not in html
 
-    bad = tmp_path / "shifted.yaml"
-    bad.write_text(dump_yaml(data))
-    code, _, err = run(["report", prof_dir, "--config", bad, "--out", tmp_path / "o"], capsys)
-    assert code == 2 and "overlap no profile bucket" in err and len(err.strip().splitlines()) == 1
-    assert text == cfg_path.read_text()
+
+def test_config_outside_the_profiled_steps_is_refused(searched, tmp_path, capsys):
+    _, cfg_path, _ = searched
+    cfg = load_config(cfg_path)
+    early = dataclasses.replace(cfg, warmup=0.0, buckets=(dataclasses.replace(cfg.buckets[0], run=(0.0, 0.5)),))
+    # a profile that measured steps 10-19 only: steps 0-9 of the config's 20 have nothing to be drawn against
+    with pytest.raises(InputError, match="overlap no profile bucket"):
+        match_buckets([(10, 20)], early, "early.yaml")
 
 
 # ----------------------------------------------------------------------------------- the tiny model's profile

@@ -66,7 +66,7 @@ def retarget(
     if out.exists() and out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file path for the new config")
     cfg = load_config(existing_file(config, "config"))
-    thw, text = None, None
+    thw, text, tiling = None, None, None
     if grid is not None:
         thw = _triple(grid, "--grid")
     elif video is not None:
@@ -81,8 +81,9 @@ def retarget(
                              f"{prof.num_heads} heads) than the config ({cfg.model_id}, {cfg.num_layers} x "
                              f"{cfg.num_heads}): retargeting maps a config within one model")
         thw, text = prof.geometry.thw, prof.geometry.text_tokens
+        tiling = (tuple(prof.tile), prof.block_size)  # the profile's tiling: the result can be scored on it
         steps = steps or prof.num_steps
-    new = run_retarget(cfg, thw, steps, rule, text_tokens=text)
+    new = run_retarget(cfg, thw, steps, rule, text_tokens=text, tiling=tiling)
     if video is not None:  # the pixel size, so that a later --video checks the factors against it
         new = replace(new, provenance={**new.provenance, "video": dict(
             zip(("frames", "height", "width"), _triple(video, "--video")))})

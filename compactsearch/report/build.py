@@ -477,10 +477,11 @@ class _Page:
             return s
         series = []
         for ci in range(len(c.buckets)):
-            series.append((f"config bucket {ci}", d.density[ci].mean(1), d.recall[ci].mean(1), d.recall[ci].min(1)))
+            series.append((f"bucket {self.cfg_map[ci]}", d.density[ci].mean(1), d.recall[ci].mean(1),
+                           d.recall[ci].min(1)))
         s.items.append(self._fig(F.layer_summary(series, self.floor), "01-summary-layers.png",
                                  "Per layer: mean block density and mean / worst-head recall of the chosen patterns, "
-                                 "per config bucket.", "density and recall per layer"))
+                                 "per bucket.", "density and recall per layer"))
         return s
 
     def _labels(self) -> Section:
@@ -519,7 +520,7 @@ class _Page:
                                     d.recall[ci], self.floor)
             s.items.append(self._fig(fig, f"04-heatmaps-b{ci}.png",
                                      f"Block density and recall of every head's chosen pattern, {self._cfg_title(ci)}.",
-                                     f"density and recall heatmaps, config bucket {ci}"))
+                                     f"density and recall heatmaps, bucket {self.cfg_map[ci]}"))
             worst = np.argsort(d.recall[ci], axis=None)[:5]
             rows = []
             for idx in worst:
@@ -703,7 +704,8 @@ class _Page:
                for name, pat in zip(("local ~30%", "cross", "time-decaying"), reference_panel(lay))]
         per_head = []
         if self.config is not None:
-            per_head = [(f"config bucket {ci}", self.data.waste[ci].ravel()) for ci in range(len(self.config.buckets))]
+            per_head = [(f"bucket {self.cfg_map[ci]}", self.data.waste[ci].ravel())
+                        for ci in range(len(self.config.buckets))]
         fig = F.waste_figure(ref, per_head, lay.describe())
         s.items.append(self._fig(fig, "08-tiling-waste.png", "Tiling waste of the reference panel and, with a config, "
                                  "of every head's chosen pattern.", "tiling waste"))

@@ -308,6 +308,7 @@ def evaluate(
                              base_dir=Path(recipe.base_dir))
     dense_timer = AttentionTimer()
     sparse_timers = {name: AttentionTimer() for name in configs}
+    ran: dict = {}  # name -> (the config that ran, its step count)
     rows: dict[str, list[dict]] = {name: [] for name in configs}
     seeds, videos = [], []
     for i, prompt in enumerate(prompts):
@@ -319,8 +320,9 @@ def evaluate(
             progress(f"prompt {i} dense")
         for name, cfg in configs.items():
             timer = sparse_timers[name]
-            with apply(pipe, cfg, model_id=recipe.model_id, backend=backend, timer=timer):
+            with apply(pipe, cfg, model_id=recipe.model_id, backend=backend, timer=timer) as rt:
                 sparse = generate_video(pipe, recipe, prompt, seed)
+            ran[name] = (rt.config, rt.plan.n if rt.plan else None)  # retargeted to the call's grid and steps
             row = {"prompt": prompt, "seed": seed, "psnr": round(psnr(dense, sparse), 3),
                    "ssim": round(ssim(dense, sparse), 5)}
             lp = lpips_distance(dense, sparse)
@@ -337,7 +339,7 @@ def evaluate(
         s = sparse_timers[name].summary()
         results.append(ConfigResult(
             name=name,
-            density=float(summarize(cfg)["density"]),
+            density=float(summarize(*ran[name])["density"]) if name in ran else float(summarize(cfg)["density"]),
             psnr=_mean([r["psnr"] for r in rows[name]]),
             ssim=_mean([r["ssim"] for r in rows[name]]),
             lpips=_mean([r.get("lpips") for r in rows[name]]),

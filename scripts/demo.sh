@@ -86,6 +86,9 @@ summary = {
     "head_labels": labels,
     "config": str(out / "config.yaml"),
     "density": search["density"],
+    "density_sparse_steps": search["density_sparse_steps"],
+    "dense_warmup_steps": search["dense_warmup_steps"],
+    "est_attention_speedup": search["est_attention_speedup"],
     "recall_mean": search.get("recall_mean"),
     "validation": "passed" if valid == 0 else f"failed (exit {valid})",
     "evaluation": {c["name"]: {"density": c["density"], "psnr": c["psnr"], "ssim": c["ssim"]} for c in ev["configs"]},
@@ -94,9 +97,12 @@ summary = {
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"\nprofile: {len(heads)} (bucket, layer, head) units, labels " + ", ".join(f"{k} {v}" for k, v in labels.items()))
-print(f"search:  density {search['density']:.3f}, recall mean {search.get('recall_mean', 1.0):.3f} -> {out / 'config.yaml'}")
+print(f"search:  density {search['density']:.3f} over the whole run (ideal attention speed-up "
+      f"{search['est_attention_speedup']:.2f}x; {search['dense_warmup_steps']} of {search['steps']} steps dense, "
+      f"{search['density_sparse_steps']:.3f} over the sparse steps), recall mean {search.get('recall_mean', 1.0):.3f}"
+      f" -> {out / 'config.yaml'}")
 print(f"validate: {summary['validation']}")
-print(f"evaluate ({len(ev['prompts'])} held-out prompts, PSNR / SSIM vs dense):")
+print(f"evaluate ({len(ev['prompts'])} held-out prompts, PSNR / SSIM vs dense; density over the whole run):")
 for c in ev["configs"]:
     print(f"  {c['name']:<10} density {c['density']:.3f}  PSNR {c['psnr']:6.2f} dB  SSIM {c['ssim']:.4f}")
 print(f"dense | sparse GIF: {summary['gif']}")

@@ -61,7 +61,8 @@ def config_recall(cfg: Config, prof: Profile) -> tuple[float, float]:
     return total / prof.num_steps, sparse / max(n_sparse, 1)
 
 
-def compare(source: Config, target: Profile, name: str, work: Path, rules=RULES) -> list[dict]:
+def compare(source: Config, target: Profile, name: str, work: Path, rules=RULES, objective: str = "auto"
+            ) -> list[dict]:
     rows = []
     for rule in rules:
         rt = retarget(source, target.geometry.thw, target.num_steps, rule,
@@ -69,8 +70,7 @@ def compare(source: Config, target: Profile, name: str, work: Path, rules=RULES)
         rt.save(work / f"{name}-{rule}.yaml")
         density = summarize(rt)["density"]
         native_out = work / f"{name}-native-{rule}.yaml"
-        res = run_search(target, SearchSettings(budget=density, objective="recall"), native_out,
-                         workers=1)
+        res = run_search(target, SearchSettings(budget=density, objective=objective), native_out, workers=1)
         native = res.config
         whole, sp = config_recall(rt, target)
         nwhole, nsp = config_recall(native, target)
@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.3)
     ap.add_argument("--work", type=Path, default=Path("/tmp/compactsearch-retarget"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--objective", default="auto", help="search objective (auto: fidelity with value statistics)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -156,10 +157,10 @@ def main() -> None:
     rows = []
     if args.mode == "tiny":
         src_cfg = args.work / "source.yaml"
-        source = run_search(args.source_profile, SearchSettings(budget=args.budget, objective="recall"), src_cfg,
-                            workers=1).config
+        source = run_search(args.source_profile, SearchSettings(budget=args.budget, objective=args.objective),
+                            src_cfg, workers=1).config
         for t in args.targets:
-            rows += compare(source, Profile.load(t), t.name, args.work)
+            rows += compare(source, Profile.load(t), t.name, args.work, objective=args.objective)
     else:
         src = synthetic_profile(VideoGeometry(21, 30, 52), args.work / "wan480p-81f")
         source = run_search(src, SearchSettings(budget=args.budget, objective="recall"), args.work / "source.yaml",

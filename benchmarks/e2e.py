@@ -366,8 +366,8 @@ def markdown_row(r: dict) -> str:
     return (f"| {r['family']} | {r['size']} | {r.get('tokens', '-')} | {r['steps']} | {g('density')} | "
             f"{g('attention_share')} | {g('dense_step_s')} | {g('sparse_step_s')} | {g('step_speedup', '{:.2f}x')} | "
             f"{g('amdahl_limit', '{:.2f}x')} | {g('of_limit')} | {g('profile_per_prompt_s', '{:.2f}')} | "
-            f"{g('dense_generation_s', '{:.2f}')} | {g('profile_over_dense', '{:.2f}x')} | {g('startup_s', '{:.1f}')} | "
-            f"{peaks} | {'-' if not pad else format(pad['relative_error'], '.2e')} |")
+            f"{g('dense_generation_s', '{:.2f}')} | {g('profile_over_dense', '{:.2f}x')} | "
+            f"{g('startup_s', '{:.1f}')} | {peaks} | {'-' if not pad else format(pad['relative_error'], '.2e')} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Measure the block-sparse kernel's cost model for one geometry on the GPU and write it for ``search --cost-model``.
 
     python benchmarks/cost_model.py --tokens 32760 --heads 12 --head-dim 128 --block 128 --out wan13b-cost.yaml
-    compactsearch search PROFILE --budget 0.3 --cost-model wan13b-cost.yaml
+    python benchmarks/cost_model.py --profile PROFILE --out cost.yaml     # the geometry of a profile
+    compactsearch search PROFILE --budget 0.3 --cost-model cost.yaml
 
 The kernel's time for one layer is modelled as ``per_block * computed blocks + per_query_block * query blocks``
 (every head's query blocks pay a fixed start: loading q, writing o), fitted by least squares to the kernel's time
@@ -128,8 +129,9 @@ def write_cost_model(path: Path, model: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, required=True, help="sequence length (video + text tokens)")
-    ap.add_argument("--heads", type=int, required=True)
+    ap.add_argument("--profile", help="a profile directory: its sequence length, heads, head dim and block size")
+    ap.add_argument("--tokens", type=int, help="sequence length (video + text tokens)")
+    ap.add_argument("--heads", type=int)
     ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128))
     ap.add_argument("--block", type=int, default=128, choices=(64, 128))
     ap.add_argument("--points", type=int, default=6)
@@ -137,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "cost_model.yaml"))
     args = ap.parse_args(argv)
+    if args.profile:
+        from compactsearch.errors import InputError
+        from compactsearch.profile.store import Profile
+
+        try:
+            p = Profile.load(Path(args.profile))
+        except InputError as e:
+            ap.error(str(e))
+        args.tokens, args.heads, args.block = p.geometry.seq_len, p.model["heads"], p.block_size
+        args.head_dim = p.model.get("head_dim") or args.head_dim
+    if args.tokens is None or args.heads is None:
+        ap.error("give --profile, or --tokens and --heads")
+    if args.head_dim not in (64, 128) or args.block not in (64, 128):
+        ap.error(f"the kernel takes head dim 64 or 128 and blocks of 64 or 128, not {args.head_dim} and {args.block}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available here")
     if args.tokens < args.block or args.heads < 1 or args.points < 2:

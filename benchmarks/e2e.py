@@ -198,7 +198,7 @@ def _versions() -> dict:
 
 
 def write_recipe(path: Path, name: str, setup: dict, size: str, model_dir: Path, steps: int, prompts: list[str],
-                 video: tuple[int, int, int]) -> Path:
+                 video: tuple[int, int, int], every: int = 1) -> Path:
     fam = FAMILIES[setup["family"]]
     h, w, f = video
     recipe = {
@@ -208,7 +208,8 @@ def write_recipe(path: Path, name: str, setup: dict, size: str, model_dir: Path,
         "sampling": {"steps": steps, "guidance": setup["guidance"], "seed": 0,
                      "max_sequence_length": setup["text"] if size == "real" else TINY_TEXT},
         "prompts": prompts,
-        "profile": {"buckets": [[0, steps]], "steps": "all", "samples": {"heads": 1, "layers": [0]}},
+        "profile": {"buckets": [[0, steps]], "steps": "all" if every == 1 else {"every": every},
+                    "samples": {"heads": 1, "layers": [0]}},
     }
     if setup.get("extra"):
         recipe["sampling"]["extra"] = setup["extra"]
@@ -248,7 +249,7 @@ def run(args) -> dict:
     _free()
     prompts = read_prompts(ROOT / "recipes" / "prompts" / "calibration.txt")[: args.prompts]
     recipe_path = write_recipe(work / "recipe.yaml", args.family, setup, args.size, model_dir, args.steps, prompts,
-                               video)
+                               video, args.profile_every)
     recipe = load_recipe(recipe_path)
 
     # 2. profile
@@ -265,6 +266,10 @@ def run(args) -> dict:
     row["geometry"] = g.describe()
     row["tokens"] = g.seq_len
     row["tile"], row["block"] = list(p.tile), p.block_size
+    # the mass is right where every query block's row sums to its token count (one pass: from the kernel's lse)
+    lengths = p.layout().block_lengths().float()
+    row["mass_row_sum_max_rel_err"] = max(
+        float(((p.mass(b, layer).float().sum(-1) - lengths) / lengths).abs().max()) for b, layer in p.keys())
 
     # 3. search, validate
     cfg = work / "config.yaml"
@@ -388,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--one-pass", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--profile-every", type=int, default=1,
+                    help="profile every N-th step (and the last; the shipped recipes use 2) [default: every step]")
     ap.add_argument("--cost-model", action="store_true", help="also measure the kernel cost model and search with it")
     ap.add_argument("--header", action="store_true", help="print the markdown table header and exit")
     args = ap.parse_args(argv)
@@ -398,15 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--family is required")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available here (use --size tiny --device cpu)")
-    if args.prompts < 1 or args.steps < 2:
-        ap.error("--prompts must be >= 1 and --steps >= 2")
+    if args.prompts < 1 or args.steps < 2 or args.profile_every < 1:
+        ap.error("--prompts must be >= 1, --steps >= 2 and --profile-every >= 1")
     row = run(args)
     out = Path(args.out)
     atomic_write_text(out / f"{args.family}.json", json.dumps(row, indent=1, default=str) + "\n")
     md = markdown_row(row)
     atomic_write_text(out / f"{args.family}.md", md + "\n")
     print(json.dumps({k: row.get(k) for k in ("family", "density", "attention_share", "step_speedup", "amdahl_limit",
-                                              "of_limit", "profile_over_dense", "startup_s")}))
+                                              "of_limit", "profile_over_dense", "startup_s",
+                                              "mass_row_sum_max_rel_err", "padded_text_check")}))
     print(md)
     return 0
 

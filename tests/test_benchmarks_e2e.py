@@ -30,6 +30,7 @@ def test_e2e_runs_one_family_at_tiny_size(tmp_path, capsys):
     assert row["amdahl_limit"] == pytest.approx(1 / ((1 - row["attention_share"]) + row["attention_share"]
                                                      * row["density"]), rel=1e-3)
     assert [r["section"] for r in row["profile"]["rows"]][:3] == ["load", "attention", "block mass"]
+    assert row["mass_row_sum_max_rel_err"] < 1e-3
     md = (tmp_path / "ltx.md").read_text()
     assert md.startswith("| ltx | tiny | 1728 | 3 |") and md.count("|") == e2e.HEADER.splitlines()[0].count("|")
     assert not (tmp_path / "ltx.work" / "model").exists()  # the saved model is removed unless --keep-model

@@ -95,12 +95,14 @@ def value_block_gram(v: torch.Tensor, block_size: int, key_valid: int | None = N
     H, N, D = v.shape
     nb = -(-N // block_size)
     valid = N if key_valid is None else min(N, key_valid)
-    vf = torch.zeros(H, nb * block_size, D, dtype=torch.float32, device=v.device)
-    vf[:, :valid] = v[:, :valid].float()
-    counts = torch.zeros(nb * block_size, dtype=torch.float32, device=v.device)
-    counts[:valid] = 1.0
-    n = counts.view(nb, block_size).sum(-1).clamp_min(1.0)
-    means = vf.view(H, nb, block_size, D).sum(2) / n[None, :, None]
+    full = valid // block_size  # whole blocks of valid keys: summed in float32 without a float32 copy of v
+    sums = torch.zeros(H, nb, D, dtype=torch.float32, device=v.device)
+    if full:
+        sums[:, :full] = v[:, : full * block_size].unflatten(1, (full, block_size)).sum(2, dtype=torch.float32)
+    if valid > full * block_size:  # the ragged block of the valid keys
+        sums[:, full] = v[:, full * block_size : valid].sum(1, dtype=torch.float32)
+    n = (valid - torch.arange(nb, device=v.device) * block_size).clamp(0, block_size).float().clamp_min(1.0)
+    means = sums / n[None, :, None]
     return means @ means.transpose(1, 2)
 
 

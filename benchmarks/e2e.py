@@ -144,9 +144,12 @@ def _median_after_first(xs: list[float]) -> float:
 def _all_dense_config(cfg_path: Path, out: Path) -> Path:
     """The searched config with every head dense and no dense warm-up (step 0 already runs the kernel)."""
     data = yaml.safe_load(cfg_path.read_text())
-    data["schedule"]["dense_warmup"] = 0
+    schedule = data.get("schedule", {})
+    for key in [k for k in schedule if "warmup" in k]:  # dense_warmup (in steps or as a fraction of the run)
+        schedule[key] = 0
     first = data["buckets"][0]
-    first["steps"][0] = 0
+    if isinstance(first.get("steps"), list):
+        first["steps"][0] = 0
     for bucket in data["buckets"]:
         for layer in bucket["layers"]:
             layer["heads"] = [{"head": h["head"], "pattern": "dense"} for h in layer["heads"]]
@@ -178,10 +181,13 @@ def _pattern_changes(a: Path, b: Path) -> dict:
                     out[(bi, layer["layer"], h["head"])] = h.get("pattern") or json.dumps(h.get("groups"))
         return out
 
+    def warmup(d):
+        return next((v for k, v in d.get("schedule", {}).items() if "warmup" in k), None)
+
     ha, hb = heads(da), heads(db)
     keys = set(ha) | set(hb)
     return {"heads": len(keys), "changed": sum(ha.get(k) != hb.get(k) for k in keys),
-            "dense_warmup": [da["schedule"]["dense_warmup"], db["schedule"]["dense_warmup"]]}
+            "dense_warmup": [warmup(da), warmup(db)]}
 
 
 def _versions() -> dict:

@@ -55,7 +55,7 @@ from compactsearch.adapters.pipelines import FAMILIES, build_family_pipeline  # 
 from compactsearch.config import load_config  # noqa: E402
 from compactsearch.evaluate import pipeline_kwargs  # noqa: E402
 from compactsearch.profile.recipe import load_recipe, read_prompts  # noqa: E402
-from compactsearch.profile.run import run_profile  # noqa: E402
+from compactsearch.profile.run import expert_switch_step, run_profile  # noqa: E402
 from compactsearch.runtime import AttentionTimer, apply, timed_dense  # noqa: E402
 
 # Real-size setups (the models' published resolutions) and their tiny twins (the recipes/tiny-random-* grids).
@@ -204,7 +204,8 @@ def _versions() -> dict:
 
 
 def write_recipe(path: Path, name: str, setup: dict, size: str, model_dir: Path, steps: int, prompts: list[str],
-                 video: tuple[int, int, int], every: int = 1) -> Path:
+                 video: tuple[int, int, int], every: int = 1, switch: int | None = None) -> Path:
+    """The benchmark's recipe: one bucket over every step (two, split at ``switch``, for a two-expert pipeline)."""
     fam = FAMILIES[setup["family"]]
     h, w, f = video
     recipe = {
@@ -214,7 +215,8 @@ def write_recipe(path: Path, name: str, setup: dict, size: str, model_dir: Path,
         "sampling": {"steps": steps, "guidance": setup["guidance"], "seed": 0,
                      "max_sequence_length": setup["text"] if size == "real" else TINY_TEXT},
         "prompts": prompts,
-        "profile": {"buckets": [[0, steps]], "steps": "all" if every == 1 else {"every": every},
+        "profile": {"buckets": [[0, switch], [switch, steps]] if switch and 0 < switch < steps else [[0, steps]],
+                    "steps": "all" if every == 1 else {"every": every},
                     "samples": {"heads": 1, "layers": [0]}},
     }
     if setup.get("extra"):
@@ -251,11 +253,13 @@ def run(args) -> dict:
     pipe.save_pretrained(str(model_dir))
     row["save_s"] = round(time.perf_counter() - t, 2)
     row["params_b"] = round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 3)
+    switch = expert_switch_step(pipe, args.steps)  # Wan 2.2 A14B: the buckets must not straddle the experts
+    row["expert_switch_step"] = switch
     del pipe
     _free()
     prompts = read_prompts(ROOT / "recipes" / "prompts" / "calibration.txt")[: args.prompts]
     recipe_path = write_recipe(work / "recipe.yaml", args.family, setup, args.size, model_dir, args.steps, prompts,
-                               video, args.profile_every)
+                               video, args.profile_every, switch)
     recipe = load_recipe(recipe_path)
 
     # 2. profile

@@ -308,19 +308,25 @@ def run(args) -> dict:
     _, vo = _run(["validate", str(cfg), "--kernel", "none", "--no-numerics", "--json"])
     val = json.loads(vo)
     row["density"] = val["density"]
-    if args.cost_model:
+    if args.cost_model:  # a failure here is recorded, not fatal: the rest of the row still gets measured
         from benchmarks.cost_model import measure_cost_model, write_cost_model
 
-        cm_path = work / "cost_model.yaml"
-        heads, head_dim = p.model["heads"], p.model["head_dim"]
-        cm = measure_cost_model(g.seq_len, heads, head_dim, p.block_size, device=device, dtype=dtype)
-        write_cost_model(cm_path, cm)
-        cfg_cm = work / "config-cost-model.yaml"
-        row["search_cost_model_s"], _ = _run(["search", str(prof), "--budget", str(args.budget), "--trials",
-                                              str(args.trials), "--workers", workers, "--out", str(cfg_cm),
-                                              "--cost-model", str(cm_path)])
-        row["cost_model"] = cm
-        row["cost_model_changes"] = _pattern_changes(cfg, cfg_cm)
+        try:
+            cm_path = work / "cost_model.yaml"
+            heads, head_dim = p.model["heads"], p.model["head_dim"]
+            cm = measure_cost_model(g.seq_len, heads, head_dim, p.block_size, device=device, dtype=dtype)
+            row["cost_model"] = cm
+            write_cost_model(cm_path, cm)
+            cfg_cm = work / "config-cost-model.yaml"
+            row["search_cost_model_s"], _ = _run(["search", str(prof), "--budget", str(args.budget), "--trials",
+                                                  str(args.trials), "--workers", workers, "--out", str(cfg_cm),
+                                                  "--cost-model", str(cm_path)])
+            row["cost_model_changes"] = _pattern_changes(cfg, cfg_cm)
+            shutil.copy(cfg_cm, out / f"{args.family}.config-cost-model.yaml")
+        except (SystemExit, RuntimeError, ValueError) as e:
+            row["cost_model_error"] = f"{type(e).__name__}: {e}"
+        _free()
+    shutil.copy(cfg, out / f"{args.family}.config.yaml")
 
     # 4. dense and sparse generations of the prompt the profile timed (its last)
     t = time.perf_counter()

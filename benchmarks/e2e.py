@@ -250,9 +250,9 @@ def run(args) -> dict:
     device = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / f"{args.family}.work"
+    work = Path(args.work) / args.family if args.work else out / f"{args.family}.work"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work.mkdir(parents=True)
     model_dir = Path(args.model_dir) if args.model_dir else work / "model"
     video = setup["video"] if args.size == "real" else setup["tiny"]
     video = (args.height or video[0], args.width or video[1], args.frames or video[2])
@@ -415,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=("real", "tiny"), default="real")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-e2e"))
-    ap.add_argument("--model-dir", help="where to save the model [default: <out>/<family>.work/model]")
+    ap.add_argument("--work", help="folder for the model, recipe, profile and configs (kept; large at real size) "
+                    "[default: <out>/<family>.work]")
+    ap.add_argument("--model-dir", help="where to save the model [default: <work>/model]")
     ap.add_argument("--keep-model", action="store_true")
     ap.add_argument("--steps", type=int, default=4, help="denoising steps of every generation")
     ap.add_argument("--prompts", type=int, default=2, help="calibration prompts (the first one carries start-up)")

@@ -7,6 +7,11 @@ tile order, `compact_attn.block_mass` (Triton on CUDA), accumulate ``[H, NQB, NK
 An N x N score tensor for this layer would be 75,600^2 x 40 x 2 bytes = 457 GB, so the peak memory shows
 none is materialised. Also checks rows sum to block sizes and two heads against the PyTorch reference.
 
+Then the whole capture-mode call both ways (`BlockMassCapture.capture_attention`): two passes (the model's own
+SDPA, then the block mass on its own) and one pass (the attention through `compact_attn.block_sparse_attention`
+with an all-dense mask and ``return_lse``, the block mass from that logsumexp), each as a multiple of SDPA, with
+the one-pass output and mass checked against the two-pass ones.
+
 Usage (GPU):  python benchmarks/profile_layer.py
 Small CPU smoke run:  python benchmarks/profile_layer.py --frames 2 --height 8 --width 8 --heads 2 --device cpu
 Tested on one H200 only.
@@ -98,6 +103,35 @@ def main() -> None:
                 torch.nn.functional.scaled_dot_product_attention(q, k, v)
             sync()
             sdpa_ms = (time.perf_counter() - t0) / args.reps * 1e3
+    # the whole capture-mode call, two passes vs one pass
+    def dense():
+        if not cuda:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    modes = {}
+    for mode in ("off", "on"):
+        s = BlockMassCapture({0: 0}, block_size=args.block_size, geometry=geometry, one_pass=mode)
+        ts = []
+        for rep in range(args.reps + 1):
+            s.start_prompt()
+            sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                o = s.capture_attention(call, q, k, v, dense, lambda x: x)
+            sync()
+            if rep:
+                ts.append(time.perf_counter() - t0)
+        modes[mode] = (sorted(ts)[len(ts) // 2], o, s.prompt_result().mass[(0, 0)])
+    o_err = (modes["on"][1].float() - modes["off"][1].float()).abs().max().item()
+    m_err = (modes["on"][2] - modes["off"][2]).abs().max().item()
+    for mode, label in (("off", "two passes (SDPA, then block mass)"), ("on", "one pass (kernel + lse, mass)")):
+        ratio = modes[mode][0] * 1e3 / sdpa_ms if cuda else float("nan")
+        print(f"capture-mode call, {label}: {modes[mode][0] * 1e3:.1f} ms = {ratio:.2f}x SDPA")
+    print(f"one pass vs two passes: max |output diff| {o_err:.3g}, max |mass diff| {m_err:.3g}")
     gib = 1024**3
     inputs = 3 * n * width * (2 if cuda else 4) / gib
     print(f"capture (permute + block_mass + accumulate): median {sorted(times)[len(times) // 2] * 1e3:.1f} ms "
@@ -107,7 +141,8 @@ def main() -> None:
           f"q/k/v {inputs:.2f} GiB; N x N scores would be {n * n * h * 2 / gib:.0f} GiB)")
     print(f"mass [H, NQB, NKB] = {list(mass.shape)}, {mass.numel() * 4 / 2**20:.0f} MiB float32; "
           f"max |row sum - block tokens| {row_err:.3g}; max |mass - reference| (2 heads) {ref_err:.3g}")
-    ok = row_err < 0.05 * args.block_size and ref_err < 0.05 * math.sqrt(args.block_size)
+    ok = (row_err < 0.05 * args.block_size and ref_err < 0.05 * math.sqrt(args.block_size)
+          and o_err < (0.05 if cuda else 1e-4) and m_err < 0.05 * math.sqrt(args.block_size))
     print("check:", "ok" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 

@@ -132,6 +132,20 @@ def _latent_preview(latents: torch.Tensor) -> torch.Tensor:
     return ((x[:3] + 1.0) / 2.0).clamp(0, 1).permute(1, 0, 2, 3)
 
 
+def _latents_bcfhw(pipe, recipe, latents: torch.Tensor) -> torch.Tensor:
+    """A pipeline's ``output_type="latent"`` result as ``[B, C, F, h, w]``: LTX-Video returns them packed
+    ``[B, S, C]``, CogVideoX as ``[B, F, C, h, w]``."""
+    name = type(pipe).__name__
+    if latents.dim() == 3 and hasattr(pipe, "_unpack_latents"):  # LTX: packed tokens
+        f = (recipe.frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        h, w = recipe.height // pipe.vae_spatial_compression_ratio, recipe.width // pipe.vae_spatial_compression_ratio
+        return pipe._unpack_latents(latents, f, h, w, pipe.transformer_spatial_patch_size,
+                                    pipe.transformer_temporal_patch_size)
+    if name.startswith("CogVideoX") and latents.dim() == 5:
+        return latents.permute(0, 2, 1, 3, 4)
+    return latents
+
+
 def pipeline_kwargs(recipe, prompt: str, seed: int) -> dict:
     """Keyword arguments of one pipeline call for ``recipe`` (its size, steps, guidance, extras) and a seed."""
     from compactsearch.adapters import get_adapter
@@ -163,7 +177,7 @@ def generate_video(pipe, recipe, prompt: str, seed: int) -> torch.Tensor:
             if x.dim() == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
                 x = x.permute(0, 3, 1, 2)
             return x.clamp(0, 1)
-        return _latent_preview(pipe(**kw, output_type="latent").frames)
+        return _latent_preview(_latents_bcfhw(pipe, recipe, pipe(**kw, output_type="latent").frames))
     except TypeError as e:
         raise InputError(f"the {type(pipe).__name__} call rejected an argument ({e}); check sampling.extra in the "
                          "recipe") from e

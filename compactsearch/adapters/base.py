@@ -6,7 +6,9 @@ processor hands ``(q, k, v)`` as ``[B, H, N, D]`` views (model token order, text
 `AttentionCall` to `SelfAttentionProcessor._attend`, which switches on the shared context's mode:
 
 - ``"dense"``: call exactly what the original processor calls, on the same tensors (bit-exact pass-through);
-- ``"capture"``: the same dense output, then ``ctx.sink(call, q, k, v)`` records what it needs (block mass);
+- ``"capture"``: the same dense output, then ``ctx.sink(call, q, k, v)`` records what it needs (block mass); a
+  sink with a ``capture_attention(call, q, k, v, dense, from_bhnd)`` method computes the output itself instead
+  (the profile's one-pass capture: `compactsearch.profile.capture.BlockMassCapture.capture_attention`);
 - ``"sparse"``: ``ctx.attend(call, q, k, v) -> o`` ``[B, H, N, D]`` in model order; the runtime fills
   ``attend`` (permute to tile order with `TileLayout.to_tile_order`, run the block-sparse kernel, permute
   back), so adding it touches no processor.
@@ -184,6 +186,9 @@ class SelfAttentionProcessor:
             return dense()
         call = self._call(q, text_tokens, text_position, key_valid)
         if mode == "capture":
+            run = getattr(self.ctx.sink, "capture_attention", None)
+            if run is not None:  # the sink computes the output itself (one-pass block mass, timing)
+                return run(call, q, k, v, dense, from_bhnd)
             out = dense()
             if self.ctx.sink is not None:
                 self.ctx.sink(call, q, k, v)

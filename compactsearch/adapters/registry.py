@@ -3,7 +3,8 @@
 `get_adapter(name)` returns a family's `Adapter`; `register_adapter` adds one (a new family is one module and
 one entry). `load_pipeline(model_id, ...)` turns a recipe's ``model.id`` into a diffusers pipeline:
 
-- a name registered with `register_model` (``tiny-random-wan``, ``tiny-random-wan22``: tiny random pipelines
+- a name registered with `register_model` (``tiny-random-wan``, ``tiny-random-wan22``, and
+  ``tiny-random-<family>`` for the other families (`compactsearch.adapters.pipelines`): tiny random pipelines
   built locally for tests and examples; a bundled trained model registers itself the same way);
 - a local directory written by ``save_pretrained``;
 - a Hugging Face Hub id, read from the local cache (or downloaded when online).
@@ -75,6 +76,18 @@ register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline l
                lambda dtype: wan.tiny_wan_pipeline(2, dtype))
 
 
+def _register_family_pipelines() -> None:
+    from compactsearch.adapters import pipelines
+
+    for name, family in pipelines.tiny_model_names().items():
+        spec = pipelines.FAMILIES[family]
+        register_model(name, spec.adapter, f"tiny random {spec.description}, built locally, no VAE",
+                       lambda dtype, family=family: pipelines.build_family_pipeline(family, "tiny", dtype))
+
+
+_register_family_pipelines()
+
+
 def _tiny_wan(dtype):
     from compactsearch.tinymodel.model import load_tiny_pipeline
 
@@ -133,11 +146,28 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
     return pipe
 
 
+def _absent_components(model_id: str) -> dict:
+    """``{name: None}`` for the components a local pipeline was saved without (``[null, null]`` in its
+    ``model_index.json``, e.g. the VAE-less random pipelines of `compactsearch.adapters.pipelines`): diffusers
+    saves them so, but loads them only when told they are absent."""
+    import json
+
+    index = Path(model_id) / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: None for k, v in entries.items()
+            if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
+
+
 def _from_pretrained(model_id: str, torch_dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype)
+        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype, **_absent_components(model_id))
     except (OSError, ValueError) as e:
         if Path(model_id).exists():
             raise InputError(f"model {model_id} cannot be loaded as a diffusers pipeline: "

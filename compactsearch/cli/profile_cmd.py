@@ -57,6 +57,9 @@ def profile(
     per_prompt: Annotated[bool | None, typer.Option("--per-prompt/--no-per-prompt", help="Keep per-prompt "
                                                     "tensors (search --holdout needs them) [default: recipe's].",
                                                     show_default=False)] = None,
+    one_pass: Annotated[str, typer.Option("--one-pass", help="auto, on or off: run the captured attention "
+                                          "through the kernel with its logsumexp and take the block mass in one "
+                                          "pass (auto: on CUDA at head dim 64/128).")] = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Profile block attention mass of a video DiT on calibration prompts.
@@ -75,8 +78,12 @@ def profile(
     """
     from dataclasses import replace
 
+    from compactsearch.errors import InputError
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
     from compactsearch.profile.run import run_profile
+
+    if one_pass not in ("auto", "on", "off"):
+        raise InputError(f"--one-pass must be auto, on or off, got {one_pass!r}")
 
     recipe = recipe or default_recipe_path()
     r = load_recipe(recipe)
@@ -88,7 +95,7 @@ def profile(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal, transient=True) as bars:
         hooks = _RichProgress(bars)
-        result = run_profile(r, out, device=device, resume=resume, progress=hooks)
+        result = run_profile(r, out, device=device, resume=resume, progress=hooks, one_pass=one_pass)
         hooks.finish()
     if result.out is None:  # a torchrun rank other than 0
         return
@@ -99,10 +106,29 @@ def profile(
         "resumed": len(result.skipped),
         "world_size": result.world_size,
         "seconds": round(result.seconds, 2),
+        "timings": result.timings,
     }
+    if result.timings is not None:
+        _print_timings(result.timings)
     if json_out:
         print_json(summary)
     else:
         console.print(f"profile written to {result.out}: {result.prompts} prompts "
                       f"({len(result.computed)} computed here, {len(result.skipped)} resumed) "
                       f"in {result.seconds:.1f}s")
+
+
+def _print_timings(t: dict) -> None:
+    """The timing table on stderr: where the run's time went."""
+    from rich.table import Table
+
+    table = Table(title="where the profile's time went", title_justify="left",
+                  caption=f"total {t['total']:.1f}s; {t['prompts']} prompt(s) computed, {t['per_prompt']:.2f}s per "
+                          f"prompt after the first; start-up (load + the first prompt's extra) {t['startup']:.1f}s",
+                  caption_justify="left")
+    table.add_column("section")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for row in t["rows"]:
+        table.add_row(row["section"], f"{row['seconds']:.2f}", f"{100 * row['share']:.1f}%")
+    console.print(table)

@@ -19,6 +19,7 @@ Samples: on request, the first captured call of each chosen layer keeps ``q``, `
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,11 @@ import torch
 
 import compact_attn
 from compact_attn import reference as _reference
+from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters.base import AttentionCall
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
+from compactsearch.profile.timing import SectionTimer
 from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
 
 __all__ = ["block_mass", "masked_block_mass", "value_block_gram", "gram_factor", "merge_factors", "VALUE_RANK",
@@ -38,35 +41,38 @@ __all__ = ["block_mass", "masked_block_mass", "value_block_gram", "gram_factor",
 VALUE_RANK = 32  # eigenvectors kept of each head's value Gram matrix (3 MB per Wan-14B 720p layer, not 56)
 
 
-def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int) -> torch.Tensor:
+def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, lse: torch.Tensor | None = None) -> torch.Tensor:
     """Block mass ``[B, H, NQB, NKB]`` float32 of ``q, k`` ``[B, H, N, D]`` (tile order).
 
     Uses the `compact_attn.block_mass` entry point (Triton on CUDA, the reference on CPU) for head dims 64
-    and 128, which it supports; other head dims (tiny test models) go to the chunked PyTorch reference.
+    and 128, which it supports; other head dims (tiny test models) go to the chunked PyTorch reference. With
+    ``lse`` (the rows' natural-log logsumexp ``[B, H, N]``, e.g. from the attention forward) it is one pass.
     """
     if q.shape[-1] not in (64, 128):
-        return _reference.block_mass(q, k, block_size, block_size)
-    return compact_attn.block_mass(q, k, block_size, block_size)
+        return _reference.block_mass(q, k, block_size, block_size, lse=lse)
+    return compact_attn.block_mass(q, k, block_size, block_size, lse=lse)
 
 
-def masked_block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, key_valid: int | None = None) -> torch.Tensor:
+def masked_block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, key_valid: int | None = None,
+                      lse: torch.Tensor | None = None) -> torch.Tensor:
     """Block mass of one batch item whose keys past ``key_valid`` (tile order) are masked out.
 
     Args:
         q, k: ``[1, H, N, D]`` in tile order.
         block_size: kernel block size.
         key_valid: number of leading valid keys; None or ``>= N`` means all.
+        lse: optional ``[1, H, n]`` logsumexp of the first ``n = min(N, key_valid)`` rows over the valid keys.
 
     Returns:
         ``[H, NQB, NKB]`` float32; key blocks past ``key_valid`` get zero mass; every query row sums to 1.
     """
     N = q.shape[2]
     if key_valid is None or key_valid >= N:
-        return block_mass(q, k, block_size)[0]
+        return block_mass(q, k, block_size, lse)[0]
     H, D = q.shape[1], q.shape[3]
     nb = math.ceil(N / block_size)
     out = torch.zeros(H, nb, nb, dtype=torch.float32, device=q.device)
-    m = block_mass(q[:, :, :key_valid], k[:, :, :key_valid], block_size)[0]
+    m = block_mass(q[:, :, :key_valid], k[:, :, :key_valid], block_size, lse)[0]
     out[:, : m.shape[1], : m.shape[2]] = m
     # Padded (text) queries still attend to the valid keys; their few rows are done directly.
     qp = q[0, :, key_valid:].float()
@@ -89,12 +95,14 @@ def value_block_gram(v: torch.Tensor, block_size: int, key_valid: int | None = N
     H, N, D = v.shape
     nb = -(-N // block_size)
     valid = N if key_valid is None else min(N, key_valid)
-    vf = torch.zeros(H, nb * block_size, D, dtype=torch.float32, device=v.device)
-    vf[:, :valid] = v[:, :valid].float()
-    counts = torch.zeros(nb * block_size, dtype=torch.float32, device=v.device)
-    counts[:valid] = 1.0
-    n = counts.view(nb, block_size).sum(-1).clamp_min(1.0)
-    means = vf.view(H, nb, block_size, D).sum(2) / n[None, :, None]
+    full = valid // block_size  # whole blocks of valid keys: summed in float32 without a float32 copy of v
+    sums = torch.zeros(H, nb, D, dtype=torch.float32, device=v.device)
+    if full:
+        sums[:, :full] = v[:, : full * block_size].unflatten(1, (full, block_size)).sum(2, dtype=torch.float32)
+    if valid > full * block_size:  # the ragged block of the valid keys
+        sums[:, full] = v[:, full * block_size : valid].sum(1, dtype=torch.float32)
+    n = (valid - torch.arange(nb, device=v.device) * block_size).clamp(0, block_size).float().clamp_min(1.0)
+    means = sums / n[None, :, None]
     return means @ means.transpose(1, 2)
 
 
@@ -118,6 +126,13 @@ def merge_factors(factors: Sequence[torch.Tensor], rank: int = VALUE_RANK) -> to
         return cat
     u, s, _ = torch.linalg.svd(cat, full_matrices=False)
     return u[..., :rank] * s[..., None, :rank]
+
+
+def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask):
+    """``(o, lse)`` of `compact_attn.block_sparse_attention` (the reference for head dims the kernel lacks)."""
+    if q.shape[-1] in (64, 128):
+        return compact_attn.block_sparse_attention(q, k, v, mask, return_lse=True)
+    return _reference.block_sparse_attention(q, k, v, mask, return_lse=True)
 
 
 @dataclass
@@ -151,6 +166,10 @@ class BlockMassCapture:
         geometry: the expected geometry; None accepts the first call's and holds every later call to it.
         sample_layers: layers whose q/k/v to keep (None: every layer), when `start_prompt` asks for samples.
         sample_heads: heads kept per sampled layer.
+        one_pass: ``"auto"`` (on CUDA at head dim 64/128 in bf16/fp16), ``"on"`` or ``"off"``: run captured
+            calls' attention through the kernel with the logsumexp and take the block mass from it in one pass
+            (`capture_attention`), instead of the model's attention plus a two-pass block mass.
+        timer: a `SectionTimer` to charge attention, block mass, value statistics, tile order and samples to.
     """
 
     def __init__(
@@ -163,10 +182,17 @@ class BlockMassCapture:
         geometry: VideoGeometry | None = None,
         sample_layers: Sequence[int] | None = None,
         sample_heads: int = 1,
+        one_pass: str = "auto",
+        timer: SectionTimer | None = None,
     ):
         if branch not in ("cond", "uncond"):
             raise InputError(f"profile.branch must be cond or uncond, got {branch!r}")
+        if one_pass not in ("auto", "on", "off"):
+            raise InputError(f"one_pass must be auto, on or off, got {one_pass!r}")
         self.bucket_of_step = dict(bucket_of_step)
+        self.one_pass = one_pass
+        self.timer = timer
+        self._cache: dict = {}
         self.branch = branch
         self.tile = tuple(tile) if tile is not None else None
         self.block_size = block_size
@@ -196,13 +222,16 @@ class BlockMassCapture:
         self._sums, self._counts, self._samples, self._experts, self._grams = {}, {}, {}, {}, {}
         self._keep_samples = keep_samples
 
-    def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    # ------------------------------------------------------------------------------------------- selection
+    def _items(self, call: AttentionCall) -> tuple[int | None, list[int]]:
+        """``(bucket, captured batch items)`` of a call; ``(None, [])`` when nothing of it is recorded. Sets up
+        the layout on the first captured call and checks later ones against it."""
         bucket = self.bucket_of_step.get(call.step)
         if bucket is None:
-            return
+            return None, []
         items = [i for i, b in enumerate(call.batch_branches) if b == self.branch]
         if not items:
-            return
+            return None, []
         if self.layout is None:
             self._set_layout(call.geometry)
         elif call.geometry != self.layout.geometry:
@@ -211,36 +240,130 @@ class BlockMassCapture:
                              "(fix max_sequence_length or the resolution)")
         if call.key_valid is not None and call.geometry.text_position == "front":
             raise InputError("masked text keys in front of the video are not supported")
-        self.num_heads, self.head_dim = q.shape[1], q.shape[3]
+        return bucket, items
+
+    def _section(self, name: str, device: torch.device):
+        return self.timer.section(name, device) if self.timer is not None else contextlib.nullcontext()
+
+    def _record(self, call: AttentionCall, bucket: int, i: int, q: torch.Tensor, qt: torch.Tensor,
+                kt: torch.Tensor, vt: torch.Tensor, lse: torch.Tensor | None) -> None:
+        """Add batch item ``i``'s block mass and value Gram (tile order ``[1, H, N, D]``) to the accumulators."""
         key = (bucket, call.layer)
+        kv = None if call.key_valid is None else call.key_valid[i]
+        with self._section("block mass", q.device):
+            m = masked_block_mass(qt, kt, self.block_size, kv, lse)
+        with self._section("value statistics", q.device):
+            gram = value_block_gram(vt[0], self.block_size, kv)
+        if key in self._sums:
+            self._sums[key] += m
+            self._grams[key] += gram
+        else:
+            self._sums[key] = m
+            self._grams[key] = gram
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if self._keep_samples and call.layer not in self._samples and (
+            self.sample_layers is None or call.layer in self.sample_layers
+        ):
+            with self._section("samples", q.device):
+                hs = min(self.sample_heads, q.shape[1])
+                self._samples[call.layer] = {
+                    "q": qt[:, :hs].detach().cpu().contiguous(),
+                    "k": kt[:, :hs].detach().cpu().contiguous(),
+                    "v": vt[:, :hs].detach().cpu().contiguous(),
+                    "heads": torch.arange(hs, dtype=torch.int64),
+                    "step": torch.tensor([call.step], dtype=torch.int64),
+                    "bucket": torch.tensor([bucket], dtype=torch.int64),
+                }
+        self._experts.setdefault(bucket, set()).add(call.expert)
+
+    # ---------------------------------------------------------------------------------------- two passes
+    def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Record a call whose attention output was computed elsewhere (block mass in its own passes)."""
+        bucket, items = self._items(call)
+        if bucket is None:
+            return
+        self.num_heads, self.head_dim = q.shape[1], q.shape[3]
         with torch.no_grad():
             for i in items:
-                qt = self.layout.to_tile_order(q[i : i + 1], dim=-2)
-                kt = self.layout.to_tile_order(k[i : i + 1], dim=-2)
-                kv = None if call.key_valid is None else call.key_valid[i]
-                m = masked_block_mass(qt, kt, self.block_size, kv)
-                vt = self.layout.to_tile_order(v[i : i + 1], dim=-2)
-                gram = value_block_gram(vt[0], self.block_size, kv)
-                if key in self._sums:
-                    self._sums[key] += m
-                    self._grams[key] += gram
-                else:
-                    self._sums[key] = m
-                    self._grams[key] = gram
-                self._counts[key] = self._counts.get(key, 0) + 1
-                if self._keep_samples and call.layer not in self._samples and (
-                    self.sample_layers is None or call.layer in self.sample_layers
-                ):
-                    hs = min(self.sample_heads, q.shape[1])
-                    self._samples[call.layer] = {
-                        "q": qt[:, :hs].detach().cpu().contiguous(),
-                        "k": kt[:, :hs].detach().cpu().contiguous(),
-                        "v": vt[:, :hs].detach().cpu().contiguous(),
-                        "heads": torch.arange(hs, dtype=torch.int64),
-                        "step": torch.tensor([call.step], dtype=torch.int64),
-                        "bucket": torch.tensor([bucket], dtype=torch.int64),
-                    }
-        self._experts.setdefault(bucket, set()).add(call.expert)
+                with self._section("tile order", q.device):
+                    qt, kt, vt = (self._permute(self.layout, x[i : i + 1]) for x in (q, k, v))
+                self._record(call, bucket, i, q, qt, kt, vt, None)
+
+    # ------------------------------------------------------------------------------------------ one pass
+    def one_pass_for(self, q: torch.Tensor) -> bool:
+        """Whether a captured call runs its attention through the kernel with the logsumexp (`one_pass`)."""
+        if self.one_pass == "on":
+            return True
+        if self.one_pass == "off":
+            return False
+        return q.is_cuda and q.shape[-1] in (64, 128) and q.dtype in (torch.bfloat16, torch.float16)
+
+    def capture_attention(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          dense, from_bhnd):
+        """The adapter's capture-mode attention (`SelfAttentionProcessor._attend`): returns the call's output.
+
+        Calls that record nothing run the model's own dense attention. Recorded calls either run it too and
+        then take the block mass in two passes (`__call__`), or (`one_pass_for`) run the attention forward
+        through `compact_attn.block_sparse_attention` with an all-dense mask and ``return_lse``, and take
+        the block mass in one pass from that logsumexp. Keys a model masks (padded text at the back) are cut
+        off per batch item as `compactsearch.runtime` does: the forward runs on the valid prefix and the
+        padded queries attend densely to the valid keys.
+        """
+        bucket, items = self._items(call)
+        if bucket is None or not self.one_pass_for(q):
+            with self._section("attention", q.device):
+                out = dense()
+            if bucket is not None:
+                self(call, q, k, v)
+            return out
+        self.num_heads, self.head_dim = q.shape[1], q.shape[3]
+        B, H, N, _ = q.shape
+        out = torch.empty_like(q)
+        with torch.no_grad():
+            for i in range(B):
+                n = N if call.key_valid is None else min(N, int(call.key_valid[i]))
+                layout = self.layout if n == N else self._prefix_layout(n)
+                sl = slice(i, i + 1)
+                with self._section("tile order", q.device):
+                    qt, kt, vt = (self._permute(layout, x[sl, :, :n]) for x in (q, k, v))
+                with self._section("attention", q.device):
+                    ot, lse = _attention_lse(qt, kt, vt, self._dense_mask(H, n, q.device))
+                    if n < N:  # padded queries attend to the valid keys, as the model computes them
+                        out[sl, :, n:] = torch.nn.functional.scaled_dot_product_attention(
+                            q[sl, :, n:], k[sl, :, :n], v[sl, :, :n])
+                with self._section("tile order", q.device):
+                    out[sl, :, :n] = self._permute(layout, ot, inverse=True)
+                if i in items:
+                    if n < N:  # the record's tensors span the whole padded sequence (padding at the end)
+                        qt, kt, vt = (self._permute(self.layout, x[sl]) for x in (q, k, v))
+                    self._record(call, bucket, i, q, qt, kt, vt, lse)
+        return from_bhnd(out)
+
+    def _permute(self, layout: TileLayout, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """``x`` ``[B, H, N, D]`` to tile order (or back), with the permutation kept on x's device (copying it
+        from the host on every call would synchronise the GPU each time)."""
+        key = ("perm", layout.geometry.seq_len, inverse, str(x.device))
+        if key not in self._cache:
+            self._cache[key] = (layout.inv_perm if inverse else layout.perm).to(x.device)
+        return x.index_select(2, self._cache[key])
+
+    def _prefix_layout(self, n: int) -> TileLayout:
+        """The layout of the same grid with only the valid text (``n`` tokens in all)."""
+        g = self.layout.geometry
+        text = n - g.video_tokens
+        if text < 0:
+            raise InputError(f"a batch item has {n} valid keys, fewer than the {g.video_tokens} video tokens")
+        key = ("prefix", n)
+        if key not in self._cache:
+            geo = VideoGeometry(g.frames, g.height, g.width, text, g.text_position if text else "none")
+            self._cache[key] = TileLayout(geo, self.layout.tile_thw, self.block_size)
+        return self._cache[key]
+
+    def _dense_mask(self, heads: int, n: int, device: torch.device) -> BlockSparseMask:
+        key = ("dense", heads, n, str(device))
+        if key not in self._cache:
+            self._cache[key] = BlockSparseMask.dense_mask(heads, n, self.block_size, self.block_size).to(device)
+        return self._cache[key]
 
     def prompt_result(self) -> PromptCapture:
         """The finished prompt: means over each bucket's captured calls, on CPU."""

@@ -37,6 +37,7 @@ from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.capture import BlockMassCapture, PromptCapture, merge_factors
 from compactsearch.profile.recipe import Recipe
 from compactsearch.profile.store import Profile
+from compactsearch.profile.timing import SectionTimer, breakdown
 
 __all__ = ["ProfileRun", "run_profile", "work_dir_for", "merge_work_dir"]
 
@@ -52,6 +53,7 @@ class ProfileRun:
     seconds: float
     rank: int = 0
     world_size: int = 1
+    timings: dict | None = None
 
 
 def work_dir_for(out: Path) -> Path:
@@ -278,6 +280,7 @@ def run_profile(
     device: str | None = None,
     resume: bool = False,
     progress=None,
+    one_pass: str = "auto",
 ) -> ProfileRun:
     """Profile ``recipe``'s prompts into the profile directory ``out``.
 
@@ -288,6 +291,10 @@ def run_profile(
         resume: keep finished prompt files of an earlier run of the same recipe and prompts.
         progress: optional object with ``start(n_prompts, n_steps)``, ``prompt(i, prompt, skipped)`` and
             ``step(i)`` callbacks (the CLI's Rich progress), called on rank 0 only.
+        one_pass: ``"auto"``, ``"on"`` or ``"off"``: captured calls' attention through the kernel with the
+            logsumexp and the block mass in one pass (`BlockMassCapture`; auto: on CUDA at head dim 64/128).
+
+    The result's ``timings`` (`compactsearch.profile.timing.breakdown`) say where this rank's time went.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -316,9 +323,10 @@ def run_profile(
     for i in skipped:
         if show is not None:
             show.prompt(i, recipe.prompts[i], True)
+    timer = SectionTimer()
     try:
         if todo:
-            _run_prompts(recipe, adapter, todo, work, device, last_step, show)
+            _run_prompts(recipe, adapter, todo, work, device, last_step, show, timer, one_pass)
         failed = None
     except Exception as e:  # stop every rank together, then re-raise here
         failed = e
@@ -329,20 +337,27 @@ def run_profile(
     _barrier(world)
     result_out = None
     if rank == 0:
-        merge_work_dir(work, recipe, out)
-        shutil.rmtree(work, ignore_errors=True)
+        with timer.section("writes"):
+            merge_work_dir(work, recipe, out)
+            shutil.rmtree(work, ignore_errors=True)
         result_out = out
     _barrier(world)
-    return ProfileRun(result_out, len(recipe.prompts), todo, skipped, time.perf_counter() - t0, rank, world)
+    seconds = time.perf_counter() - t0
+    return ProfileRun(result_out, len(recipe.prompts), todo, skipped, seconds, rank, world,
+                      breakdown(timer, seconds))
 
 
-def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: str, last_step: int, show) -> None:
-    pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
-                         base_dir=Path(recipe.base_dir))
+def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: str, last_step: int, show,
+                 timer: SectionTimer | None = None, one_pass: str = "auto") -> None:
+    timer = timer or SectionTimer()
+    with timer.section("load"):
+        pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
+                             base_dir=Path(recipe.base_dir))
     _check_switch(recipe, expert_switch_step(pipe, recipe.steps))
     sink = BlockMassCapture(recipe.bucket_of_step(), branch=recipe.branch, tile=recipe.tile,
                             block_size=recipe.block_size, sample_layers=recipe.sample_layers,
-                            sample_heads=recipe.sample_heads)
+                            sample_heads=recipe.sample_heads, one_pass=one_pass, timer=timer)
+    cuda = str(device).startswith("cuda")
     ctx = AttentionContext(mode="capture", sink=sink, batch_branches=adapter.batch_branches(recipe.guidance > 1.0))
     inst = install(pipe, adapter, ctx)
     try:
@@ -360,6 +375,7 @@ def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: s
             ctx.reset()
             sink.start_prompt(keep_samples=(i == 0 and recipe.sample_heads > 0))
             generator = torch.Generator("cpu").manual_seed(recipe.seed_of(i))
+            t_prompt = time.perf_counter()
             try:
                 pipe(**_pipeline_call(recipe, adapter, recipe.prompts[i], generator, on_step_end))
             except torch.cuda.OutOfMemoryError as e:
@@ -370,14 +386,19 @@ def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: s
             except TypeError as e:
                 raise InputError(f"the {type(pipe).__name__} call rejected an argument ({e}); "
                                  "check sampling.extra in the recipe") from e
+            if cuda:
+                torch.cuda.synchronize()
+            timer.prompt_seconds.append(time.perf_counter() - t_prompt)
             _check_experts(recipe, ctx)
-            cap = sink.prompt_result()
+            with timer.section("value factors"):  # the Gram factors (an eigh per head) and the copy to CPU
+                cap = sink.prompt_result()
             expected = {(b, l) for b in range(len(recipe.buckets)) for l in range(inst.num_layers)}
             if set(cap.mass) != expected:
                 b, l = sorted(expected - set(cap.mass))[0]
                 why = (" (branch uncond needs classifier-free guidance: sampling.guidance > 1 and, for "
                        "hunyuan_video, a negative_prompt)" if recipe.branch == "uncond" else "")
                 raise InputError(f"prompt {i}: nothing was captured for bucket {b}, layer {l}{why}")
-            _save_prompt(_prompt_file(work, i), i, recipe, cap, sink)
+            with timer.section("writes"):
+                _save_prompt(_prompt_file(work, i), i, recipe, cap, sink)
     finally:
         inst.restore()

@@ -46,6 +46,8 @@ def block_sparse_attention(
     """
     B, H, N, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if q_blocks is None and N <= _WHOLE_ROWS_MAX_N:
+        return _block_sparse_whole(q, k, v, mask, scale, return_lse)
     out = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
     counts = mask.kv_num_blocks.cpu()
@@ -65,6 +67,32 @@ def block_sparse_attention(
             p = torch.exp(s - row_lse[..., None])
             out[:, h, rows] = torch.einsum("bqk,bkd->bqd", p, v[:, h, tok].float()).to(q.dtype)
             lse[:, h, rows] = row_lse
+    return (out, lse) if return_lse else out
+
+
+_WHOLE_ROWS_MAX_N = 4096  # up to here a head's N x N scores are held at once (64 MB in float32): tiny models
+
+
+def _block_sparse_whole(q, k, v, mask: BlockSparseMask, scale: float, return_lse: bool):
+    """`block_sparse_attention` for small ``N``: one head's whole score matrix at a time, masked by the block
+    mask expanded to tokens (the same float32 math as the per-block loop, without its Python loop)."""
+    B, H, N, D = q.shape
+    nqb, nkb = mask.num_q_blocks, math.ceil(N / mask.block_k)
+    counts = mask.kv_num_blocks.to(q.device).long()
+    indices = mask.kv_indices.to(q.device).long()
+    listed = torch.arange(indices.shape[-1], device=q.device)[None, None, :] < counts[..., None]  # [H, NQB, MAXK]
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    for h in range(H):
+        blocks = torch.zeros(nqb, nkb + 1, dtype=torch.bool, device=q.device)  # column nkb takes unlisted entries
+        blocks.scatter_(1, torch.where(listed[h], indices[h].clamp(0, nkb - 1), nkb), True)
+        allowed = blocks[:, :nkb].repeat_interleave(mask.block_q, 0)[:N].repeat_interleave(mask.block_k, 1)[:, :N]
+        s = torch.einsum("bqd,bkd->bqk", q[:, h].float(), k[:, h].float()) * scale
+        s = s.masked_fill(~allowed, float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)  # -inf where a row attends to nothing
+        p = torch.exp(s - row_lse.nan_to_num(neginf=0.0)[..., None])  # exp(-inf) = 0 on those rows
+        out[:, h] = torch.einsum("bqk,bkd->bqd", p, v[:, h].float()).to(q.dtype)
+        lse[:, h] = row_lse
     return (out, lse) if return_lse else out
 
 

@@ -180,8 +180,10 @@ def _head(d, b=0, l=0, h=0):
     "mutate, message",
     [
         (lambda d: _head(d).update(sinks=[[4, 0, 0]]),
-         r"buckets\[0\].layers\[0\].heads\[0\].sinks\[0\]: key tile \[4, 0, 0\] lies outside the tile grid \[4, 4, 2\]"),
-        (lambda d: _head(d).update(sinks=[[0, 0, 1], [0, 0, 1]]), r"heads\[0\].sinks\[1\]: key tile \[0, 0, 1\] is listed twice"),
+         r"buckets\[0\].layers\[0\].heads\[0\].sinks\[0\]: key tile \[4, 0, 0\] lies outside the tile grid "
+         r"\[4, 4, 2\]"),
+        (lambda d: _head(d).update(sinks=[[0, 0, 1], [0, 0, 1]]),
+         r"heads\[0\].sinks\[1\]: key tile \[0, 0, 1\] is listed twice"),
         (lambda d: _head(d).update(sinks=[[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 1], [2, 0, 0]]),
          r"heads\[0\].sinks: at most 4 sinks, got 5"),
         (lambda d: _head(d).update(sinks=[[0, 0]]), r"heads\[0\].sinks\[0\]: expected 3 entries"),

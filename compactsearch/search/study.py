@@ -30,6 +30,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import optuna
 import torch
 
@@ -174,23 +175,27 @@ class Oracle:
     """
 
     def __init__(self, mass: torch.Tensor):
-        flat = mass.reshape(-1).double()
-        self.shape = tuple(mass.shape)
-        self.values, self.order = torch.sort(flat, descending=True, stable=True)
-        self.cum = torch.cumsum(self.values, 0)
-        self.total = float(self.cum[-1]) if flat.numel() else 0.0
+        self.mass = mass
+        desc = np.sort(mass.reshape(-1).float().numpy())[::-1]  # numpy's sort: ~5x torch's on one core
+        self.values = desc
+        self.cum = np.cumsum(desc, dtype=np.float64)
+        self.total = float(self.cum[-1]) if desc.size else 0.0
 
     def recall(self, blocks: int) -> float:
         """Mass share of the top ``blocks`` blocks."""
-        if blocks <= 0 or not self.total > 0:
-            return 0.0 if self.total > 0 else 1.0
-        return min(1.0, float(self.cum[min(blocks, self.cum.numel()) - 1]) / self.total)
+        if not self.total > 0:
+            return 1.0
+        if blocks <= 0:
+            return 0.0
+        return min(1.0, float(self.cum[min(blocks, self.cum.size) - 1]) / self.total)
 
     def mask(self, blocks: int) -> torch.Tensor:
-        """``[NQB, NKB]`` bool: the top ``blocks`` blocks."""
-        m = torch.zeros(self.order.numel(), dtype=torch.bool)
-        m[self.order[: max(0, blocks)]] = True
-        return m.view(self.shape)
+        """``[NQB, NKB]`` bool: the top ``blocks`` blocks (blocks tied with the last one are kept too; they change
+        no recall or fidelity when they are the zero-mass blocks, the only ties that occur in practice)."""
+        if blocks <= 0:
+            return torch.zeros(self.mass.shape, dtype=torch.bool)
+        thr = float(self.values[min(blocks, self.values.size) - 1])
+        return self.mass.float() >= thr
 
 
 def _sampler(settings: HeadSettings, seed: int) -> optuna.samplers.BaseSampler:

@@ -90,8 +90,8 @@ class SearchSettings:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or not 0 < v <= 1:
                 raise InputError(f"--{name} must lie in (0, 1], got {v}")
-        if self.trials < 1:
-            raise InputError(f"--trials must be >= 1, got {self.trials}")
+        if self.trials < 0:
+            raise InputError(f"--trials must be >= 0 (0: the baselines and the sweep only), got {self.trials}")
         if self.max_groups < 1:
             raise InputError(f"--groups must be >= 1, got {self.max_groups}")
         if self.sampler not in SAMPLERS:

@@ -290,7 +290,7 @@ def search_head(
     for p in [greedy, cube, *sweep_sorted]:
         if p not in seeds and space.encode(p) is not None:
             seeds.append(p)
-    for p in seeds[: max(1, min(settings.trials // 2, settings.population))]:
+    for p in seeds[: min(settings.trials, max(1, min(settings.trials // 2, settings.population)))]:
         study.enqueue_trial(space.encode(p))
     for _ in range(settings.trials):
         trial = study.ask(dists)

@@ -107,7 +107,7 @@ def smooth_profile(geometry: VideoGeometry = WAN13_480P, tile=(4, 8, 4), block_s
             info[(l, h)] = (kind, drawn)
             if prompts:
                 pp = []
-                for p in range(prompts):  # same kernel and sinks, fresh noise
+                for _ in range(prompts):  # same kernel and sinks, fresh noise
                     g2 = torch.Generator()
                     g2.set_state(state)
                     m0, _ = smooth_mass(layout, kind, g2, sinks=drawn.get("sinks"))

@@ -46,11 +46,19 @@ def inspect(
     )
     rows = head_rows(cfg, bucket=bucket, layer=layer)
     table = Table(title_justify="left")
-    for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall"):
+    for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall", "oracle", "efficiency"):
         table.add_column(col, overflow="fold")
+
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
     for r in rows:
         table.add_row(str(r["bucket"]), f"{r['steps'][0]}-{r['steps'][1]}", str(r["layer"]), str(r["head"]),
-                      r["pattern"], f"{r['density']:.3f}", "-" if r["recall"] is None else f"{r['recall']:.3f}")
+                      r["pattern"], f"{r['density']:.3f}", num(r["recall"]), num(r["oracle_recall"]),
+                      num(r["efficiency"]))
+    if "pattern_efficiency" in cfg.summary:
+        console.print(f"pattern efficiency {cfg.summary['pattern_efficiency']:.4f}: mean recall / mean recall of "
+                      "the top blocks by mass at each head's density (oracle)")
     if head is None:
         console.print(table)
     if head is not None:

@@ -36,7 +36,7 @@ import torch
 from compactsearch._io import atomic_dir, atomic_write_text
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
-from compactsearch.patterns import Pattern, reference_panel, tile_mask
+from compactsearch.patterns import MAX_SINKS, Pattern, reference_panel, tile_mask
 from compactsearch.profile.stats import LABELS, head_stats
 from compactsearch.profile.store import Profile
 from compactsearch.report import figures as F
@@ -114,7 +114,8 @@ def _search_settings(config: Config | None) -> SearchSettings:
                                   trials=int(s.get("trials", 32)), max_groups=int(s.get("groups", 3)),
                                   sampler=str(s.get("sampler", "nsga2")), population=int(s.get("population", 16)),
                                   max_front=int(s.get("max_front", 24)), seed=int(s.get("seed", 0)),
-                                  greedy_lambda=math.inf if lam is None else float(lam))
+                                  greedy_lambda=math.inf if lam is None else float(lam),
+                                  sinks=int(s.get("sinks", MAX_SINKS)))
         settings.check()
         return settings
     except (TypeError, ValueError, InputError):  # a hand-written search block: fall back to the defaults

@@ -189,3 +189,24 @@ def test_smooth_mass_rows_and_sink_share():
     blocks, share = info["sinks"]
     row_share = (m[:, blocks].sum(1) / m.sum(1)).mean()
     assert 0.1 * 0.8 <= float(row_share) <= 0.3 * 1.2
+
+
+def test_oracle_fidelity_with_value_statistics(tmp_path):
+    """With value statistics every head of the config also gets the oracle block set's output fidelity, computed
+    by the same estimator as the pattern's on the top blocks by mass."""
+    from test_search_fidelity import _with_values
+
+    from compactsearch.search.fidelity import HeadFidelity
+
+    geo = VideoGeometry(6, 16, 16)
+    base, _ = planted_profile(geo, (1, 8, 8), 64, [["sink", "local", "local-sink"]], seed=2)
+    prof = _with_values(base, 3)
+    res = run_search(prof, SearchSettings(budget=0.4, trials=8), tmp_path / "f.yaml")
+    assert res.summary["objective"] == "fidelity" and "pattern_efficiency" in res.summary
+    scorer = ExactScorer(prof.layout())
+    for hc in res.config.buckets[0].layers[0].heads:
+        assert hc.oracle_fidelity is not None and hc.efficiency is not None
+        m, fac = prof.mass(0, 0)[hc.head], prof.value_factor(0, 0)[hc.head]
+        blocks = int(scorer.block_mask(hc.pattern).sum())
+        want = 1.0 - HeadFidelity(m, fac, scorer.block_mask).mask_error(Oracle(m).mask(blocks))
+        assert hc.oracle_fidelity == pytest.approx(want, abs=1e-5)

@@ -91,6 +91,20 @@ class Pattern:
     sinks: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.sinks:  # (the search builds many patterns: no work without sinks)
+            self._check_sinks()
+        elif type(self.sinks) is not tuple:
+            object.__setattr__(self, "sinks", ())
+        if self.groups is None:
+            return
+        for a, b in zip(self.groups, self.groups[1:]):
+            if b.dt_lo <= a.dt_hi:
+                raise InputError(
+                    "frame groups must be ascending and disjoint: "
+                    f"dt [{a.dt_lo}, {a.dt_hi}] then [{b.dt_lo}, {b.dt_hi}]"
+                )
+
+    def _check_sinks(self) -> None:
         sinks = tuple(tuple(s) for s in self.sinks)
         for s in sinks:
             if len(s) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in s):
@@ -99,17 +113,9 @@ class Pattern:
             raise InputError(f"sinks must be distinct key tiles, got {[list(s) for s in sinks]}")
         if len(sinks) > MAX_SINKS:
             raise InputError(f"a pattern has at most {MAX_SINKS} sinks, got {len(sinks)}")
-        object.__setattr__(self, "sinks", tuple(sorted(sinks)))
         if self.groups is None:
-            if sinks:
-                raise InputError("a dense pattern has no sinks (it already attends to every key)")
-            return
-        for a, b in zip(self.groups, self.groups[1:]):
-            if b.dt_lo <= a.dt_hi:
-                raise InputError(
-                    "frame groups must be ascending and disjoint: "
-                    f"dt [{a.dt_lo}, {a.dt_hi}] then [{b.dt_lo}, {b.dt_hi}]"
-                )
+            raise InputError("a dense pattern has no sinks (it already attends to every key)")
+        object.__setattr__(self, "sinks", tuple(sorted(sinks)))
 
     @classmethod
     def dense(cls) -> Pattern:

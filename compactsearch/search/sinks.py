@@ -8,6 +8,11 @@ get their mass from their neighbours, so this stays small for them; a sink's col
 
 With per-prompt masses the score of a key tile is its *smallest* share over the prompts (a sink that only one
 prompt has is not a sink of the model): the ranking prefers tiles that are sinks in every prompt.
+
+Only key tiles whose score is at least `MIN_SHARE_RATIO` times a uniform column's share (``1 / key tiles``) are
+candidates: a stripe, not the noise of a local or uniform head (whose columns get less than a uniform share from
+outside their neighbourhood). Heads without such a tile get no candidates, and their search costs what it did
+without sinks.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import torch
 from compactsearch.patterns import MAX_SINKS
 from compactsearch.search.evaluate import HeadTables, LayoutTables
 
-__all__ = ["sink_candidates", "outside_column_mass"]
+__all__ = ["sink_candidates", "outside_column_mass", "MIN_SHARE_RATIO"]
+
+MIN_SHARE_RATIO = 2.0
 
 
 def _near(lt: LayoutTables) -> torch.Tensor:
@@ -64,5 +71,6 @@ def sink_candidates(ht: HeadTables, count: int = MAX_SINKS,
         per = torch.stack([outside_column_mass(lt, lt.tile_matrix(m[:nvq, :nvq].double())) for m in prompt_mass])
         score = per.min(0).values
     order = torch.argsort(score, descending=True, stable=True)[:count]
+    least = MIN_SHARE_RATIO / lt.n_tiles
     _, nh, nw = lt.grid
-    return tuple((int(i) // (nh * nw), (int(i) // nw) % nh, int(i) % nw) for i in order if float(score[i]) > 0)
+    return tuple((int(i) // (nh * nw), (int(i) // nw) % nh, int(i) % nw) for i in order if float(score[i]) >= least)

@@ -210,3 +210,19 @@ def test_oracle_fidelity_with_value_statistics(tmp_path):
         blocks = int(scorer.block_mask(hc.pattern).sum())
         want = 1.0 - HeadFidelity(m, fac, scorer.block_mask).mask_error(Oracle(m).mask(blocks))
         assert hc.oracle_fidelity == pytest.approx(want, abs=1e-5)
+
+
+def test_heads_without_stripes_get_no_sink_candidates():
+    """Local, cross and global heads: no key column holds twice a uniform share from outside its neighbourhood,
+    so they get no candidates (and search as without sinks); a sinks-only head gets its sinks, best first."""
+    from planted import kind_pattern
+
+    layout = LAYOUTS["full-tiles"]
+    lt = LayoutTables(layout)
+    g = torch.Generator().manual_seed(8)
+    for kind in ("local", "cross", "global"):
+        mass = planted_mass(layout, kind_pattern(kind, layout.grid_thw), 0.96, 0.0, g)
+        assert sink_candidates(HeadTables(lt, mass)) == (), kind
+    planted = sink_kind_pattern("sink", layout.grid_thw)
+    mass = planted_mass(layout, planted, 0.96, 0.0, g)
+    assert set(sink_candidates(HeadTables(lt, mass))) == set(planted.sinks)

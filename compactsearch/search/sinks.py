@@ -9,7 +9,7 @@ get their mass from their neighbours, so this stays small for them; a sink's col
 With per-prompt masses the score of a key tile is its *smallest* share over the prompts (a sink that only one
 prompt has is not a sink of the model): the ranking prefers tiles that are sinks in every prompt.
 
-Only key tiles whose score is at least `MIN_SHARE_RATIO` times a uniform column's share (``1 / key tiles``) are
+Only key tiles whose mean share is at least `MIN_SHARE_RATIO` times a uniform column's (``1 / key tiles``) are
 candidates: a stripe, not the noise of a local or uniform head (whose columns get less than a uniform share from
 outside their neighbourhood). Heads without such a tile get no candidates, and their search costs what it did
 without sinks.
@@ -65,12 +65,14 @@ def sink_candidates(ht: HeadTables, count: int = MAX_SINKS,
         prompt_mass: ``[P, NQB, NKB]`` per-prompt block mass of this head, when the profile kept it.
     """
     lt = ht.lt
-    score = outside_column_mass(lt, ht.mt)
+    mean = outside_column_mass(lt, ht.mt)
+    score = mean
     if prompt_mass is not None and prompt_mass.shape[0] > 1:
         nvq = lt.nvq
         per = torch.stack([outside_column_mass(lt, lt.tile_matrix(m[:nvq, :nvq].double())) for m in prompt_mass])
         score = per.min(0).values
+    # a stripe on the mean mass; ranked by the score (the worst prompt's share when per-prompt mass is given)
+    score = torch.where(mean >= MIN_SHARE_RATIO / lt.n_tiles, score, -1.0)
     order = torch.argsort(score, descending=True, stable=True)[:count]
-    least = MIN_SHARE_RATIO / lt.n_tiles
     _, nh, nw = lt.grid
-    return tuple((int(i) // (nh * nw), (int(i) // nw) % nh, int(i) % nw) for i in order if float(score[i]) >= least)
+    return tuple((int(i) // (nh * nw), (int(i) // nw) % nh, int(i) % nw) for i in order if float(score[i]) >= 0)

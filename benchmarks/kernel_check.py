@@ -4,7 +4,9 @@ The CPU tests run the Triton-language kernel in the interpreter; Gluon kernels (
 have no interpreter, so this script is where their output is checked, on the GPU, over the cases that break
 kernels: sequence lengths that do not divide the block size (odd frames, heights like 45), text tokens in front
 and at the back, query blocks with no key block, batch 2, head dims 64 and 128, bf16 and fp16, the logsumexp,
-and a mask with some dense heads (SDPA split). Outputs are poisoned with NaN before each run.
+a mask with some dense heads (SDPA split), and layer masks of the pattern language with **sink key tiles** (whole
+key-block columns every query block computes; density ``"sinks"`` in `CASES`). Outputs are poisoned with NaN
+before each run.
 
 Pass rule (as the CPU tests): relative Frobenius error against fp32 <= 2x PyTorch's own error in the same low
 precision (+1e-5), no NaN anywhere, and the logsumexp within 2e-2 of the fp32 one. Exit code 1 on any failure.
@@ -21,7 +23,8 @@ import sys
 
 import torch
 
-sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels")]
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels"),
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
 
 from compact_attn import BlockSparseMask, reference  # noqa: E402
 from compact_attn._config import AttnConfig, attention_config  # noqa: E402
@@ -35,7 +38,32 @@ CASES = [
     ("7x16x32 exact blocks bf16 d128", 1, 2, (7, 16, 32), 0, "none", 128, torch.bfloat16, 0.25, False, ()),
     ("5x45x79 split dense heads bf16 d128", 1, 4, (5, 45, 79), 0, "none", 128, torch.bfloat16, 0.3, False, (1, 3)),
     ("one block bf16 d128", 1, 2, (1, 10, 10), 0, "none", 128, torch.bfloat16, 1.0, False, ()),
+    ("sinks 21x30x52 (Wan 480p) bf16 d128", 1, 4, (21, 30, 52), 0, "none", 128, torch.bfloat16, "sinks", False, ()),
+    ("sinks 13x45x79 text front bf16 d128", 1, 4, (13, 45, 79), 226, "front", 128, torch.bfloat16, "sinks", False,
+     ()),
+    ("sinks 5x45x79 text back fp16 d64", 2, 4, (5, 45, 79), 77, "back", 64, torch.float16, "sinks", False, (3,)),
 ]
+
+
+def sink_mask(H: int, thw: tuple[int, int, int], text_tokens: int, text: str, dense_heads) -> BlockSparseMask:
+    """A layer mask from the pattern language, every head with sink key tiles (the default tile, 128-token
+    blocks): sinks only, a local window plus sinks, a cross plus sinks, a frame-grouped head plus four sinks."""
+    from compactsearch.geometry import VideoGeometry
+    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+    from compactsearch.tiling import TileLayout, _best_tile
+
+    geometry = VideoGeometry(*thw, text_tokens=text_tokens, text_position=text)
+    layout = TileLayout(geometry, _best_tile(geometry, 128)[0], 128)  # the cases' kernel blocks: 128 tokens
+    nt, nh, nw = layout.grid_thw
+    corners = [(nt - 1, nh - 1, nw - 1), (0, 0, 0), (nt // 2, nh // 2, nw // 2), (0, nh - 1, nw // 3)]
+    kinds = [
+        Pattern.local(0, 1, 1).with_sinks(corners[:2]),
+        Pattern.local(min(1, nt - 1), min(3, nh), min(3, nw)).with_sinks(corners[2:3]),
+        Pattern((FrameGroup(0, nt - 1, (Window(1, nw), Window(nh, 1))),)).with_sinks(corners[:1]),
+        Pattern((FrameGroup(0, 0, (Window(nh, nw),)), FrameGroup(2, nt - 1, (Window(1, 2),)))).with_sinks(corners),
+    ]
+    patterns = [Pattern.dense() if h in dense_heads else kinds[h % len(kinds)] for h in range(H)]
+    return build_layer_mask(patterns, layout)
 
 
 def make_mask(H: int, N: int, text_tokens: int, text: str, density: float, empty_row: bool, dense_heads,
@@ -76,7 +104,10 @@ def check(config: AttnConfig, case, seed: int = 0) -> dict:
     name, B, H, (f, hh, ww), text_tokens, text, D, dtype, density, empty_row, dense_heads = case
     N = f * hh * ww + text_tokens
     g = torch.Generator().manual_seed(seed)
-    mask = make_mask(H, N, text_tokens, text, density, empty_row, dense_heads, g).to("cuda")
+    if density == "sinks":
+        mask = sink_mask(H, (f, hh, ww), text_tokens, text, dense_heads).to("cuda")
+    else:
+        mask = make_mask(H, N, text_tokens, text, density, empty_row, dense_heads, g).to("cuda")
     q, k, v = (torch.randn(B, H, N, D, generator=g).to("cuda", dtype) for _ in range(3))
     ref, ref_lse = reference.block_sparse_attention(q.float(), k.float(), v.float(), mask, return_lse=True)
     err_t = lowp_error(q, k, v, mask, ref)

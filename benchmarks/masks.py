@@ -4,7 +4,9 @@ Layers are built `--threads` at a time (`compactsearch.patterns.build_masks`). E
 pattern (random frame groups and windows, seeded), so the per-pattern cache in `build_layer_mask` cannot
 help: this is the worst case a searched config can present.
 
-    python benchmarks/masks.py [--threads 2] [--repeats 3]
+    python benchmarks/masks.py [--threads 2] [--repeats 3] [--sinks 4]
+
+With ``--sinks S`` every random head also gets S sink key tiles (random tiles of the grid).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from compactsearch.patterns import FrameGroup, Pattern, Window, build_masks
 from compactsearch.tiling import TileLayout, default_tiling
 
 
-def random_pattern(rng: random.Random, grid: tuple[int, int, int]) -> Pattern:
+def random_pattern(rng: random.Random, grid: tuple[int, int, int], sinks: int = 0) -> Pattern:
     nt, nh, nw = grid
     groups, lo = [], 0
     for _ in range(rng.randint(1, 3)):
@@ -31,7 +33,8 @@ def random_pattern(rng: random.Random, grid: tuple[int, int, int]) -> Pattern:
         wins = tuple(Window(rng.randint(1, nh), rng.randint(1, nw)) for _ in range(rng.randint(1, 2)))
         groups.append(FrameGroup(lo, hi, wins))
         lo = hi + 1 + rng.randint(0, 1)
-    return Pattern(tuple(groups))
+    cells = rng.sample(range(nt * nh * nw), sinks)
+    return Pattern(tuple(groups), tuple((c // (nh * nw), (c // nw) % nh, c % nw) for c in cells))
 
 
 def main() -> None:
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--config", type=str, default=None, help="time this config's masks instead (one bucket)")
     ap.add_argument("--bucket", type=int, default=0)
+    ap.add_argument("--sinks", type=int, default=0, help="sink key tiles per random head (0..4)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.config:
@@ -56,8 +60,8 @@ def main() -> None:
         tile, block = default_tiling(geometry)
         layout = TileLayout(geometry, tile, block)
         rng = random.Random(0)
-        layers = [[random_pattern(rng, layout.grid_thw) for _ in range(40)] for _ in range(40)]
-        kind = "distinct random patterns"
+        layers = [[random_pattern(rng, layout.grid_thw, args.sinks) for _ in range(40)] for _ in range(40)]
+        kind = "distinct random patterns" + (f", {args.sinks} sinks each" if args.sinks else "")
     times, masks = [], None
     for _ in range(args.repeats):
         masks = None  # drop the last run's masks (~2.2 GB) first: each run is one build from the same state

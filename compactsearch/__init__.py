@@ -3,7 +3,7 @@
 Public API (stable names; modules are private):
     VideoGeometry, TileLayout, default_tile_shape   token grid and tile order
     Pattern, FrameGroup, Window, build_layer_mask   the pattern language and pattern -> BlockSparseMask
-    Config, load_config                             config format compactsearch/v1
+    Config, load_config                             config format compactsearch/v2 (v1 read)
     Profile                                         block-mass profiles
     apply                                           run a pipeline with a config (context manager)
 """

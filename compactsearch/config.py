@@ -19,11 +19,16 @@ A config says, per (step bucket, layer, head), which pattern to run. Layout of t
                 groups:
                   - dt: [0, 1]                  # temporal tile distances, inclusive
                     windows: [[3, 5], [1, 10]]  # (h, w) in tiles, at most two
+                sinks: [[0, 2, 7]]              # optional: sink key tiles (t, h, w) in the tile grid, <= 4
                 recall: 0.93                    # optional: from the search
                 density: 0.31                   # optional: block density of this head
+                oracle_recall: 0.95             # optional: top blocks by mass at the same density keep this
+                oracle_fidelity: 0.97           # optional: that block set's output fidelity (value statistics)
+                efficiency: 0.979               # optional: recall / oracle_recall
     search: {...}        # optional: the search settings (budget: whole-run attention compute vs dense)
     provenance: {...}    # kind (example | searched | retargeted), profile hash, tool version, date, arguments
-    summary: {...}       # optional: density (whole run), density_sparse_steps, recall_mean, est_attention_speedup
+    summary: {...}       # optional: density (whole run), density_sparse_steps, recall_mean, est_attention_speedup,
+                         # pattern_efficiency
 
 Positions in the run are fractions so that one config runs at any step count (`compactsearch.schedule`: the
 rule and why). Format ``compactsearch/v1`` (integer steps: ``schedule: {steps, dense_warmup}``, bucket
@@ -34,6 +39,7 @@ Every error names its path, e.g. ``buckets[1].layers[3].heads[7].groups[0].windo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +57,7 @@ from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, build_masks
+from compactsearch.patterns import MAX_SINKS, FrameGroup, Pattern, Window, build_layer_mask, build_masks
 from compactsearch.schedule import StepPlan, fraction, plan_steps
 from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
@@ -69,6 +75,9 @@ class HeadConfig:
     pattern: Pattern
     recall: float | None = None
     density: float | None = None
+    oracle_recall: float | None = None
+    oracle_fidelity: float | None = None
+    efficiency: float | None = None
 
 
 @dataclass(frozen=True)
@@ -179,10 +188,11 @@ class Config:
                         entry["pattern"] = "dense"
                     else:
                         entry["groups"] = y
-                    if hc.recall is not None:
-                        entry["recall"] = round(float(hc.recall), 5)
-                    if hc.density is not None:
-                        entry["density"] = round(float(hc.density), 5)
+                        if hc.pattern.sinks:
+                            entry["sinks"] = hc.pattern.sinks_yaml()
+                    for name in ("recall", "density", "oracle_recall", "oracle_fidelity", "efficiency"):
+                        if getattr(hc, name) is not None:
+                            entry[name] = round(float(getattr(hc, name)), 5)
                     heads.append(entry)
                 layers.append({"layer": lc.layer, "heads": heads})
             out["buckets"].append({"bucket": b.id, "run": [round(float(x), 6) for x in b.run], "layers": layers})
@@ -204,6 +214,11 @@ class Config:
 _TOP_KEYS = {"format", "model", "geometry", "tiling", "schedule", "buckets", "search", "provenance", "summary"}
 
 
+# optional per-head numbers the search records, with their ranges (a fidelity is 1 - relative error: it can be
+# negative; the efficiency is recall / oracle recall at the same block count, so at most 1)
+_HEAD_NUMBERS = {"oracle_recall": (0.0, 1.0), "oracle_fidelity": (-math.inf, 1.0), "efficiency": (0.0, 1.0)}
+
+
 def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
     return _number(x, path, lo, hi)
 
@@ -214,6 +229,8 @@ def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
     if "pattern" in entry:
         if entry["pattern"] != "dense":
             raise _fail(f"{path}.pattern", f"the only named pattern is 'dense', got {entry['pattern']!r}")
+        if "sinks" in entry:
+            raise _fail(f"{path}.sinks", "a dense pattern has no sinks (it already attends to every key)")
         return Pattern.dense()
     if "groups" not in entry:
         raise _fail(path, "missing 'groups' (or 'pattern: dense')")
@@ -249,7 +266,25 @@ def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
                 raise _fail(wp, f"window [{h_}, {w_}] is larger than the tile grid [{nh}, {nw}] (rows, cols)")
             windows.append(Window(h_, w_))
         groups.append(FrameGroup(lo, hi, tuple(windows)))
-    return Pattern(tuple(groups))
+    return Pattern(tuple(groups), _sinks(entry.get("sinks", []), f"{path}.sinks", grid))
+
+
+def _sinks(raw, path: str, grid: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    """``sinks: [[t, h, w], ...]``: distinct key tiles inside the tile grid, at most `MAX_SINKS`."""
+    raw = _list(raw, path)
+    if len(raw) > MAX_SINKS:
+        raise _fail(path, f"at most {MAX_SINKS} sinks, got {len(raw)}")
+    out: list[tuple[int, int, int]] = []
+    for si, x in enumerate(raw):
+        sp = f"{path}[{si}]"
+        x = _list(x, sp, 3)
+        tile = tuple(_int(v, f"{sp}[{i}]", 0) for i, v in enumerate(x))
+        if not all(v < n for v, n in zip(tile, grid)):
+            raise _fail(sp, f"key tile {list(tile)} lies outside the tile grid {list(grid)} (t, h, w)")
+        if tile in out:
+            raise _fail(sp, f"key tile {list(tile)} is listed twice")
+        out.append(tile)
+    return tuple(out)
 
 
 def _v1_schedule(d: dict) -> tuple[int, float, list[tuple[float, float]], list[int]]:
@@ -338,13 +373,14 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
             heads = []
             for hi, hc in enumerate(heads_raw):
                 hp = f"{lp}.heads[{hi}]"
-                hc = _mapping(hc, hp, {"head"}, {"pattern", "groups", "recall", "density"})
+                hc = _mapping(hc, hp, {"head"}, {"pattern", "groups", "sinks", "recall", "density", *_HEAD_NUMBERS})
                 if _int(hc["head"], f"{hp}.head", 0) != hi:
                     raise _fail(f"{hp}.head", f"expected head {hi} here (heads are listed in order), got {hc['head']}")
                 pattern = _pattern(hc, hp, layout.grid_thw)
                 recall = _float(hc["recall"], f"{hp}.recall") if "recall" in hc else None
                 density = _float(hc["density"], f"{hp}.density") if "density" in hc else None
-                heads.append(HeadConfig(hi, pattern, recall, density))
+                extra = {k: _number(hc[k], f"{hp}.{k}", *rng) for k, rng in _HEAD_NUMBERS.items() if k in hc}
+                heads.append(HeadConfig(hi, pattern, recall, density, **extra))
             layers.append(LayerConfig(li, tuple(heads)))
         buckets.append(Bucket(runs[bi], tuple(layers), ids[bi]))
     extras = {}
@@ -402,6 +438,10 @@ def summarize(config: Config, bucket_blocks: list[int] | None = None, num_steps:
         t = torch.tensor(recalls)
         out["recall_mean"] = round(float(t.mean()), 5)
         out["recall_min"] = round(float(t.min()), 5)
+    pairs = [(h.recall, h.oracle_recall) for b in config.buckets for lc in b.layers for h in lc.heads
+             if h.recall is not None and h.oracle_recall is not None]
+    if pairs:
+        out.update(pattern_efficiency(pairs))
     return out
 
 
@@ -413,3 +453,12 @@ def run_density(bucket_density: list[float], plan: StepPlan) -> dict:
     return {"density": round(whole, 5),
             "density_sparse_steps": round(sparse / sum(steps), 5) if sum(steps) else 1.0,
             "est_attention_speedup": round(1.0 / whole, 3)}
+
+
+def pattern_efficiency(pairs: list[tuple[float, float]], weights: list[float] | None = None) -> dict:
+    """Whole-model figures from per-head ``(recall, oracle recall)``: the mean oracle recall and the pattern
+    efficiency, mean recall / mean oracle recall (weighted means; equal weights by default)."""
+    w = weights or [1.0] * len(pairs)
+    rec = sum(wi * r for wi, (r, _) in zip(w, pairs)) / sum(w)
+    orc = sum(wi * o for wi, (_, o) in zip(w, pairs)) / sum(w)
+    return {"oracle_recall_mean": round(orc, 5), "pattern_efficiency": round(rec / orc if orc > 0 else 1.0, 5)}

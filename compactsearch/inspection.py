@@ -11,7 +11,8 @@ __all__ = ["head_picture", "window_picture"]
 def window_picture(config: Config, bucket: int, layer: int, head: int) -> str:
     """For a query tile in the middle of the video: one tile-grid map per temporal distance.
 
-    ``Q`` is the query tile, ``#`` a key tile attended at that distance, ``.`` a skipped one.
+    ``Q`` is the query tile, ``#`` a key tile attended at that distance, ``.`` a skipped one, ``S`` a sink key
+    tile (kept by every query tile); frames before the query's are drawn too when the pattern has sinks there.
     """
     layout = config.layout()
     pattern = config.buckets[bucket].layers[layer].heads[head].pattern
@@ -21,15 +22,23 @@ def window_picture(config: Config, bucket: int, layer: int, head: int) -> str:
     seq_of_tile = {int(t): i for i, t in enumerate(layout.order.tolist())}
     qid = qt * nh * nw + qh * nw + qw
     row = tm[seq_of_tile[qid]]
+    sinks = set(pattern.sinks)
     lines = [f"query tile (t={qt}, h={qh}, w={qw}) of a {nt}x{nh}x{nw} tile grid; key tiles by frame distance:"]
-    for dt in range(0, nt - qt):
-        t = qt + dt
-        lines.append(f"  dt={dt} (tile frame {t}):")
+    if sinks:
+        lines[0] += f" ('S': sink key tiles {', '.join(str(list(s)) for s in pattern.sinks)})"
+    frames = sorted({s[0] for s in sinks if s[0] < qt}) + list(range(qt, nt))
+    for t in frames:
+        lines.append(f"  dt={abs(t - qt)} (tile frame {t}):")
         for h in range(nh):
             chars = []
             for w in range(nw):
                 tid = t * nh * nw + h * nw + w
-                chars.append("Q" if tid == qid else ("#" if bool(row[seq_of_tile[tid]]) else "."))
+                if tid == qid:
+                    chars.append("Q")
+                elif (t, h, w) in sinks:
+                    chars.append("S")
+                else:
+                    chars.append("#" if bool(row[seq_of_tile[tid]]) else ".")
             lines.append("    " + "".join(chars))
     return "\n".join(lines)
 
@@ -40,6 +49,10 @@ def head_picture(config: Config, bucket: int, layer: int, head: int, max_size: i
     mask = config.layer_mask(bucket, layer)
     d = float(mask.head_density()[head])
     recall = "" if hc.recall is None else f", recall {hc.recall:.3f}"
+    if hc.oracle_recall is not None:
+        recall += f", oracle recall {hc.oracle_recall:.3f}"
+    if hc.efficiency is not None:
+        recall += f", pattern efficiency {hc.efficiency:.3f}"
     text = [f"bucket {config.buckets[bucket].id} layer {layer} head {head}: {hc.pattern.describe()} "
             f"(density {d:.3f}{recall})", ""]
     text.append(window_picture(config, bucket, layer, head))

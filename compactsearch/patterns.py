@@ -7,6 +7,11 @@ windows, each ``(h, w)`` tiles centred on the query tile and shifted inward at t
 size (a window larger than the grid is clipped to it). One rectangle is a local window, two thin orthogonal
 ones make a cross, a window covering the frame makes the group global.
 
+A non-dense pattern may also name up to `MAX_SINKS` **sink** key tiles by their ``(t, h, w)`` coordinates in
+the tile grid (raster coordinates, not sequence order): every query tile keeps those key tiles, whole, on top of
+its frame groups (vertical stripes in the attention map: keys every query attends to). Grid coordinates, not
+sequence positions, so a retargeting tool can map them proportionally to another tile grid. Text stays dense.
+
 Everything here is vectorised torch on the tile grid; the block mask follows from the tile mask by OR-ing the
 contiguous tile ranges each kernel block covers (see `compactsearch.tiling`).
 """
@@ -39,11 +44,15 @@ __all__ = [
     "build_layer_mask",
     "build_masks",
     "pattern_token_density",
+    "sink_positions",
+    "sink_blocks",
+    "MAX_SINKS",
     "reference_local_pattern",
     "reference_panel",
 ]
 
 MAX_WINDOWS = 2
+MAX_SINKS = 4  # sink key tiles per pattern (S)
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,17 @@ class FrameGroup:
 
 @dataclass(frozen=True)
 class Pattern:
-    """Dense (``groups is None``) or frame groups with disjoint, ascending distance ranges."""
+    """Dense (``groups is None``) or frame groups with disjoint, ascending distance ranges, plus up to
+    `MAX_SINKS` sink key tiles ``(t, h, w)`` (grid coordinates; stored sorted, so equal sets compare equal)."""
 
     groups: tuple[FrameGroup, ...] | None = None
+    sinks: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.sinks:  # (the search builds many patterns: no work without sinks)
+            self._check_sinks()
+        elif type(self.sinks) is not tuple:
+            object.__setattr__(self, "sinks", ())
         if self.groups is None:
             return
         for a, b in zip(self.groups, self.groups[1:]):
@@ -88,6 +103,19 @@ class Pattern:
                     "frame groups must be ascending and disjoint: "
                     f"dt [{a.dt_lo}, {a.dt_hi}] then [{b.dt_lo}, {b.dt_hi}]"
                 )
+
+    def _check_sinks(self) -> None:
+        sinks = tuple(tuple(s) for s in self.sinks)
+        for s in sinks:
+            if len(s) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in s):
+                raise InputError(f"a sink is a key tile [t, h, w] of three integers >= 0, got {list(s)!r}")
+        if len(set(sinks)) != len(sinks):
+            raise InputError(f"sinks must be distinct key tiles, got {[list(s) for s in sinks]}")
+        if len(sinks) > MAX_SINKS:
+            raise InputError(f"a pattern has at most {MAX_SINKS} sinks, got {len(sinks)}")
+        if self.groups is None:
+            raise InputError("a dense pattern has no sinks (it already attends to every key)")
+        object.__setattr__(self, "sinks", tuple(sorted(sinks)))
 
     @classmethod
     def dense(cls) -> Pattern:
@@ -101,6 +129,10 @@ class Pattern:
     @property
     def is_dense(self) -> bool:
         return self.groups is None
+
+    def with_sinks(self, sinks) -> Pattern:
+        """The same frame groups with ``sinks`` instead of this pattern's (a dense pattern stays dense)."""
+        return self if self.groups is None else Pattern(self.groups, tuple(sinks))
 
     def check_grid(self, grid_thw: tuple[int, int, int]) -> str | None:
         """A message naming the first part that does not fit the tile grid, else None."""
@@ -116,12 +148,19 @@ class Pattern:
                         f"groups[{gi}].windows[{wi}]: window [{win.h}, {win.w}] is larger than the tile grid "
                         f"[{nh}, {nw}] (rows, cols)"
                     )
+        for si, s in enumerate(self.sinks):
+            if not all(x < n for x, n in zip(s, grid_thw)):
+                return f"sinks[{si}]: key tile {list(s)} lies outside the tile grid {list(grid_thw)} (t, h, w)"
         return None
 
     def to_yaml(self):
         if self.groups is None:
             return "dense"
         return [{"dt": [g.dt_lo, g.dt_hi], "windows": [[w.h, w.w] for w in g.windows]} for g in self.groups]
+
+    def sinks_yaml(self) -> list[list[int]]:
+        """The sinks as YAML: ``[[t, h, w], ...]`` (empty without sinks)."""
+        return [list(s) for s in self.sinks]
 
     def describe(self) -> str:
         if self.groups is None:
@@ -130,6 +169,8 @@ class Pattern:
         for g in self.groups:
             wins = "+".join(f"{w.h}x{w.w}" for w in g.windows)
             parts.append(f"dt{g.dt_lo}-{g.dt_hi}:{wins}")
+        if self.sinks:
+            parts.append("sinks:" + ",".join(f"{t}.{h}.{w}" for t, h, w in self.sinks))
         return " ".join(parts)
 
 
@@ -226,7 +267,32 @@ def tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> torch.Tensor:
     m = torch.empty(len(patterns), n, n, dtype=torch.bool)
     for r, c, blk in _tile_mask_pieces(patterns, layout):
         m[:, r : r + blk.shape[1], c : c + blk.shape[2]] = blk
+    for pi, p in enumerate(patterns):
+        if p.sinks:
+            m[pi, :, sink_positions(p, layout)] = True
     return m
+
+
+def sink_positions(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """Sequence (tile-order) positions of the pattern's sink key tiles, ``[len(sinks)]`` int64."""
+    nt, nh, nw = layout.grid_thw
+    raster = torch.tensor([(t * nh + h) * nw + w for t, h, w in pattern.sinks], dtype=torch.int64)
+    rank = getattr(layout, "_rank_cache", None)
+    if rank is None:
+        rank = torch.empty_like(layout.order)
+        rank[layout.order] = torch.arange(layout.order.numel())
+        object.__setattr__(layout, "_rank_cache", rank)
+    return rank[raster]
+
+
+def sink_blocks(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
+    """Video kernel blocks holding a token of one of the pattern's sink key tiles, ``[k]`` int64 (ascending)."""
+    if not pattern.sinks:
+        return torch.zeros(0, dtype=torch.int64)
+    pos = sink_positions(pattern, layout)
+    first, last = layout.block_first_tile, layout.block_last_tile  # [num_video_blocks] tile-order ranges
+    hit = ((first[:, None] <= pos[None, :]) & (pos[None, :] <= last[:, None])).any(1)
+    return hit.nonzero().flatten()
 
 
 def tile_mask(pattern: Pattern, layout: TileLayout) -> torch.Tensor:
@@ -383,6 +449,9 @@ def _one_block_tile_masks(patterns: Sequence[Pattern], layout: TileLayout) -> to
         tail_cols = tail_rows[:, :, F:].transpose(1, 2).index_select(1, seq)  # [P, n - F, nvb - F]
         out[:, F:nvb, F:nvb] = _range_or_rows(tail_cols, first, last).transpose(1, 2)
         out[:, :F, F:nvb] = _range_or_rows(right_t.view(torch.bool).index_select(1, seq), first, last).transpose(1, 2)
+    for pi, p in enumerate(patterns):
+        if p.sinks:
+            out[pi, :nvb, sink_blocks(p, layout)] = True
     if nb > nvb or layout.geometry.text_tokens:
         t0 = layout.text_block_start
         out[:, t0:, :] = True

@@ -8,6 +8,9 @@ for the new grid (`compactsearch.tiling.default_tiling`) and maps every pattern:
   a window or distance range that spanned the whole axis still spans it (a global head stays global);
 - frame groups stay ascending and disjoint (a range squeezed into its predecessor is moved after it, and dropped
   when nothing is left of the axis), and a group that started right after its predecessor still does;
+- sink key tiles keep their position as a share of the tile grid (tile ``c`` of ``n`` becomes the first new
+  tile of the same share, ``floor(c n' / n)``, so a first-frame sink stays on the first frame; sinks that land
+  on one tile merge);
 - step buckets are fractions of the run (`compactsearch.schedule`), so a new step count changes nothing in the
   heads.
 
@@ -128,7 +131,10 @@ def retarget_pattern(p: Pattern, old: TileLayout, new: TileLayout, rule: str = "
             Window(_length(w.h, oth, og.height, onh, nth, ng.height, nnh, rule),
                    _length(w.w, otw, og.width, onw, ntw, ng.width, nnw, rule)) for w in g.windows))
         groups.append(FrameGroup(lo, hi, wins))
-    return Pattern(tuple(groups))
+    # sink key tiles keep their place as a share of the grid (a first-frame sink stays on the first frame)
+    sinks = tuple(sorted({tuple(min(n_new - 1, c * n_new // n_old)
+                                for c, n_old, n_new in zip(s, old.grid_thw, new.grid_thw)) for s in p.sinks}))
+    return Pattern(tuple(groups), sinks)
 
 
 def retarget(config: Config, grid: tuple[int, int, int] | None = None, num_steps: int | None = None,

@@ -199,7 +199,8 @@ def validate_config(
 
 
 def head_rows(config: Config, bucket: int | None = None, layer: int | None = None) -> list[dict]:
-    """One row per (bucket, layer, head): pattern text, built block density, recall when known."""
+    """One row per (bucket, layer, head): pattern text, built block density, recall, oracle recall and pattern
+    efficiency when the search recorded them (None otherwise)."""
     layout = config.layout()
     rows = []
     for bi, b in enumerate(config.buckets):
@@ -213,5 +214,6 @@ def head_rows(config: Config, bucket: int | None = None, layer: int | None = Non
             for hc in lc.heads:
                 rows.append({"bucket": b.id, "steps": list(config.bucket_steps(bi)), "layer": li, "head": hc.head,
                              "pattern": hc.pattern.describe(), "density": float(dens[hc.head]),
-                             "recall": hc.recall})
+                             "recall": hc.recall, "oracle_recall": hc.oracle_recall,
+                             "efficiency": hc.efficiency})
     return rows

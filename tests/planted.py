@@ -9,6 +9,11 @@ a `Profile` (optionally with per-prompt tensors: independent noise per prompt ar
 The head kinds of `kind_pattern`: ``local``, ``cross``, ``global``, ``decay`` (time-decaying: narrower windows
 at larger distances, mass falling with distance) and ``far`` (skips its own frame group's neighbours: a wide
 window at dt 0 plus a thin band at one larger distance range).
+
+Sink kinds are kept apart, in ``SINK_KINDS`` (`sink_kind_pattern`): ``local-sink`` (a local window plus sink key
+tiles), ``sink`` (sinks only: each query tile sees its own tile and the sinks) and ``mixed-sink`` (a
+time-decaying head plus sinks). The sinks are fixed tiles spread over the grid (`planted_sinks`).
+`planted_profile` takes kinds of both families.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_ma
 from compactsearch.profile.store import Profile
 from compactsearch.tiling import TileLayout
 
-__all__ = ["KINDS", "kind_pattern", "random_head_pattern", "planted_mass", "planted_profile", "block_dt"]
+__all__ = ["KINDS", "SINK_KINDS", "kind_pattern", "sink_kind_pattern", "planted_sinks", "random_head_pattern",
+           "planted_mass", "planted_profile", "block_dt"]
 
 KINDS = ("local", "cross", "global", "decay", "far")
+SINK_KINDS = ("local-sink", "sink", "mixed-sink")
 
 
 def kind_pattern(kind: str, grid: tuple[int, int, int]) -> Pattern:
@@ -50,6 +57,29 @@ def kind_pattern(kind: str, grid: tuple[int, int, int]) -> Pattern:
             groups.append(FrameGroup(2, nt - 1, (Window(1, nw),)))
         return Pattern(tuple(groups))
     raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+
+
+def planted_sinks(grid: tuple[int, int, int], k: int) -> tuple[tuple[int, int, int], ...]:
+    """``k`` distinct key tiles spread over the grid: the first frame's corner, the middle, the last frame..."""
+    nt, nh, nw = grid
+    spots = [(0, 0, 0), (nt // 2, nh // 2, nw // 2), (nt - 1, nh - 1, nw - 1), (0, nh - 1, nw // 3),
+             (nt - 1, 0, (2 * nw) // 3)]
+    return tuple(dict.fromkeys(spots))[:k]
+
+
+def sink_kind_pattern(kind: str, grid: tuple[int, int, int]) -> Pattern:
+    """A representative pattern of each sink kind on tile grid ``grid``."""
+    if kind == "local-sink":
+        return kind_pattern("local", grid).with_sinks(planted_sinks(grid, 2))
+    if kind == "sink":
+        return Pattern.local(0, 1, 1).with_sinks(planted_sinks(grid, 3))
+    if kind == "mixed-sink":
+        return kind_pattern("decay", grid).with_sinks(planted_sinks(grid, 1))
+    raise ValueError(f"unknown sink kind {kind!r}; one of {SINK_KINDS}")
+
+
+def any_kind_pattern(kind: str, grid: tuple[int, int, int]) -> Pattern:
+    return sink_kind_pattern(kind, grid) if kind in SINK_KINDS else kind_pattern(kind, grid)
 
 
 def block_dt(layout: TileLayout) -> torch.Tensor:
@@ -116,7 +146,7 @@ def planted_profile(
     steps_per_bucket: int = 10,
     recipe: dict | None = None,
 ) -> tuple[Profile, dict]:
-    """A profile whose head ``h`` of layer ``l`` is planted from ``kind_pattern(kinds[l][h])``.
+    """A profile whose head ``h`` of layer ``l`` is planted from ``kinds[l][h]`` (`KINDS` or `SINK_KINDS`).
 
     Every bucket uses the same patterns with fresh noise. With ``prompts > 0`` per-prompt tensors are kept
     (independent noise per prompt) and the mean mass is their mean.
@@ -131,9 +161,9 @@ def planted_profile(
         for l, layer_kinds in enumerate(kinds):
             heads, heads_pp = [], []
             for h, kind in enumerate(layer_kinds):
-                p = kind_pattern(kind, layout.grid_thw)
+                p = any_kind_pattern(kind, layout.grid_thw)
                 planted[(b, l, h)] = p
-                decay = 0.7 if kind == "decay" else 0.0
+                decay = 0.7 if kind in ("decay", "mixed-sink") else 0.0
                 if prompts:
                     pp = torch.stack([planted_mass(layout, p, recall, decay, g) for _ in range(prompts)])
                     heads_pp.append(pp)

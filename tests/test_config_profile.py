@@ -164,3 +164,72 @@ def test_built_masks_are_consistent_with_layout():
     cfg = small_config()
     m = build_layer_mask(cfg.buckets[0].layers[0].patterns(), cfg.layout())
     assert m.num_q_blocks == cfg.layout().num_blocks and m.seq_len == cfg.geometry.seq_len
+
+
+def _with_sinks():
+    """`small_config` (tile grid 4 x 4 x 2) with sinks on head 0 and the search's oracle numbers on head 1."""
+    from dataclasses import replace
+
+    from compactsearch.config import HeadConfig
+
+    cfg = small_config()
+    buckets = []
+    for b in cfg.buckets:
+        layers = []
+        for lc in b.layers:
+            h0, h1, *rest = lc.heads
+            p0 = h0.pattern if h0.pattern.is_dense else h0.pattern.with_sinks([(3, 1, 0), (0, 0, 1)])
+            heads = (HeadConfig(0, p0), replace(h1, recall=0.9, oracle_recall=0.95, oracle_fidelity=-0.25,
+                                                efficiency=0.94737), *rest)
+            layers.append(replace(lc, heads=heads))
+        buckets.append(replace(b, layers=tuple(layers)))
+    return replace(cfg, buckets=tuple(buckets))
+
+
+def test_config_sinks_and_oracle_round_trip(tmp_path):
+    cfg = _with_sinks()
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    text = path.read_text()
+    assert "sinks: [[0, 0, 1], [3, 1, 0]]" in text  # sorted, next to groups
+    assert "oracle_recall: 0.95" in text and "efficiency: 0.94737" in text
+    again = load_config(path)
+    assert again == cfg
+    layout = cfg.layout()
+    masks = again.masks()
+    for (bi, li), m in masks.items():
+        for h, hc in enumerate(again.buckets[bi].layers[li].heads):
+            assert torch.equal(m.to_dense()[h], pattern_block_mask(hc.pattern, layout))
+    s = summarize(again)
+    assert s["oracle_recall_mean"] == pytest.approx(0.95)
+    assert s["pattern_efficiency"] == pytest.approx(0.9 / 0.95, abs=1e-5)
+
+
+def _head(d, b=0, l=0, h=0):
+    return d["buckets"][b]["layers"][l]["heads"][h]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: _head(d).update(sinks=[[4, 0, 0]]),
+         r"buckets\[0\].layers\[0\].heads\[0\].sinks\[0\]: key tile \[4, 0, 0\] lies outside the tile grid "
+         r"\[4, 4, 2\]"),
+        (lambda d: _head(d).update(sinks=[[0, 0, 1], [0, 0, 1]]),
+         r"heads\[0\].sinks\[1\]: key tile \[0, 0, 1\] is listed twice"),
+        (lambda d: _head(d).update(sinks=[[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 1], [2, 0, 0]]),
+         r"heads\[0\].sinks: at most 4 sinks, got 5"),
+        (lambda d: _head(d).update(sinks=[[0, 0]]), r"heads\[0\].sinks\[0\]: expected 3 entries"),
+        (lambda d: _head(d).update(sinks=[[0, -1, 0]]), r"heads\[0\].sinks\[0\]\[1\]: must be >= 0"),
+        (lambda d: _head(d).update(sinks="top"), r"heads\[0\].sinks: expected a list"),
+        (lambda d: _head(d, l=1, h=2).update(sinks=[[0, 0, 0]]),
+         r"buckets\[0\].layers\[1\].heads\[2\].sinks: a dense pattern has no sinks"),
+        (lambda d: _head(d).update(efficiency=1.5), r"heads\[0\].efficiency: must lie in \[0.0, 1.0\]"),
+        (lambda d: _head(d).update(oracle_recall="x"), r"heads\[0\].oracle_recall: expected a number"),
+    ],
+)
+def test_config_sink_errors_name_the_path(mutate, message):
+    d = small_config().to_dict()
+    mutate(d)
+    with pytest.raises(InputError, match=message):
+        config_from_dict(d)

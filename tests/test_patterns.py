@@ -11,6 +11,7 @@ from compact_attn.mask import BlockSparseMask
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import (
+    MAX_SINKS,
     FrameGroup,
     Pattern,
     Window,
@@ -46,8 +47,10 @@ def element_tile_table(pattern: Pattern, layout: TileLayout) -> tuple[torch.Tens
         start = min(max(q - size // 2, 0), n - size)  # shifted inward at the border
         return range(start, start + size)
 
+    sinks = {(t * nh + h) * nw + w for t, h, w in pattern.sinks}
+
     def allowed(a: int, b: int) -> bool:
-        if pattern.is_dense:
+        if pattern.is_dense or b in sinks:
             return True
         qt, qh, qw = a // (nh * nw), (a // nw) % nh, a % nw
         kt, kh, kw = b // (nh * nw), (b // nw) % nh, b % nw
@@ -125,6 +128,72 @@ def test_block_mask_equals_element_builder(g: VideoGeometry):
         computed = float(expected.sum()) * layout.block_size**2
         assert layout.tiling_waste(tile_mask(p, layout), expected) == pytest.approx(computed / allowed - 1)
         assert pattern_token_density(p, layout) == pytest.approx(allowed / g.seq_len**2)
+
+
+def random_sinks(rng: random.Random, grid, k: int | None = None) -> tuple:
+    """``k`` (default 1..MAX_SINKS) distinct random key tiles of the grid."""
+    nt, nh, nw = grid
+    cells = [(t, h, w) for t in range(nt) for h in range(nh) for w in range(nw)]
+    return tuple(rng.sample(cells, min(len(cells), rng.randint(1, MAX_SINKS) if k is None else k)))
+
+
+@pytest.mark.parametrize("g", random_geometries(), ids=lambda g: g.describe().replace(" ", ""))
+def test_sink_block_mask_equals_element_builder(g: VideoGeometry):
+    """Patterns with sink key tiles (odd shapes, partial tiles, text in front or back) against the element-level
+    builder, on both mask routes (one-block tiles and the tile-mask OR), and the token density."""
+    rng = random.Random(7 * sum(g.thw) + g.text_tokens)
+    layout = random_layout(g, rng)
+    patterns = []
+    for _ in range(3):
+        p = random_pattern(rng, layout.grid_thw)
+        p = Pattern.local(0, 1, 1) if p.is_dense else p
+        patterns.append(p.with_sinks(random_sinks(rng, layout.grid_thw)))
+    dense = build_layer_mask(patterns, layout).to_dense()
+    via_tiles = block_masks_from_tile_masks(tile_masks(patterns, layout), layout)
+    for h, p in enumerate(patterns):
+        expected = element_block_mask(p, layout)
+        assert torch.equal(dense[h], expected), p.describe()
+        assert torch.equal(via_tiles[h], expected), p.describe()
+        if g.seq_len <= 8000:
+            allowed = float(element_token_mask(p, layout).sum())
+            assert pattern_token_density(p, layout) == pytest.approx(allowed / g.seq_len**2)
+
+
+@pytest.mark.parametrize("thw,text", [((21, 45, 80), 0), ((9, 13, 22), 0), ((5, 17, 16), 37)])
+def test_sinks_one_block_tiles_equal_the_tile_mask_route(thw, text):
+    layout = TileLayout(VideoGeometry(*thw, text_tokens=text, text_position="back" if text else "none"), (4, 8, 4), 128)
+    rng = random.Random(5)
+    pats = [Pattern.local(rng.randint(0, 2), rng.randint(1, 3), rng.randint(1, 3)).with_sinks(
+        random_sinks(rng, layout.grid_thw)) for _ in range(6)]
+    assert torch.equal(layer_block_masks(pats, layout), block_masks_from_tile_masks(tile_masks(pats, layout), layout))
+
+
+def test_sink_key_tile_is_kept_by_every_query_tile():
+    layout = TileLayout(VideoGeometry(5, 24, 40), (2, 8, 8), 64)  # grid 3 x 3 x 5, partial time tile
+    p = Pattern.local(0, 1, 1).with_sinks([(2, 1, 4), (0, 0, 0)])
+    assert p.sinks == ((0, 0, 0), (2, 1, 4))  # sorted: equal sets compare equal
+    assert p == Pattern.local(0, 1, 1).with_sinks([(0, 0, 0), (2, 1, 4)])
+    tm = tile_mask(p, layout)
+    nt, nh, nw = layout.grid_thw
+    seq = {int(t): i for i, t in enumerate(layout.order.tolist())}
+    for t, h, w in p.sinks:
+        assert bool(tm[:, seq[(t * nh + h) * nw + w]].all())
+    assert int(tm.sum()) == layout.num_tiles * 3 - 2  # own tile + 2 sinks, minus the sinks' own diagonal
+    assert "sinks:0.0.0,2.1.4" in p.describe()
+
+
+def test_sink_validation():
+    with pytest.raises(InputError, match="distinct"):
+        Pattern.local(0, 1, 1).with_sinks([(0, 0, 0), (0, 0, 0)])
+    with pytest.raises(InputError, match="at most"):
+        Pattern.local(0, 1, 1).with_sinks([(0, 0, i) for i in range(MAX_SINKS + 1)])
+    with pytest.raises(InputError, match="three integers"):
+        Pattern.local(0, 1, 1).with_sinks([(0, -1, 0)])
+    with pytest.raises(InputError, match="dense"):
+        Pattern(None, ((0, 0, 0),))
+    assert Pattern.dense().with_sinks([(0, 0, 0)]).is_dense
+    assert "sinks[0]" in Pattern.local(0, 1, 1).with_sinks([(2, 0, 0)]).check_grid((2, 2, 2))
+    assert Pattern.local(0, 1, 1).with_sinks([(1, 1, 1)]).check_grid((2, 2, 2)) is None
 
 
 def test_windows_shift_inward_and_clip():

@@ -37,6 +37,12 @@ def test_token_rule_keeps_token_extents_and_whole_axes():
     assert f.groups[0] == FrameGroup(0, 2, (Window(6, 2), Window(8, 4)))  # distance 1 tile (2 frames) -> 4 frames
     assert f.groups[1] == FrameGroup(3, 7, (Window(2, 4),))  # it started right after group 0: it still does
     assert retarget_pattern(Pattern.dense(), old, new) == Pattern.dense()
+    # sink key tiles keep their share of the grid: (0, 0, 0) stays, (3, 1, 1) of 4 x 4 x 2 -> (6, 2, 2) of 8 x 8 x 4
+    sunk = Pattern(p.groups, ((0, 0, 0), (3, 1, 1)))
+    for rule in ("tokens", "fraction"):
+        assert retarget_pattern(sunk, old, new, rule).sinks == ((0, 0, 0), (6, 2, 2))
+    small = TileLayout(VideoGeometry(2, 8, 8), (2, 4, 8), 64)  # a 1 x 2 x 1 tile grid
+    assert retarget_pattern(Pattern(p.groups, ((0, 0, 1), (3, 3, 1))), old, small).sinks == ((0, 0, 0), (0, 1, 0))
 
 
 def test_groups_stay_ascending_and_disjoint_on_a_smaller_grid():

@@ -111,3 +111,38 @@ def test_cost_model_files(tmp_path):
         CostModel.load(bad)
     with pytest.raises(InputError, match="does not exist"):
         CostModel.load(tmp_path / "missing.json")
+
+
+def sink_patterns(grid):
+    """`patterns` (less dense) with one to four sink key tiles, some inside the windows, some outside."""
+    nt, nh, nw = grid
+    corners = [(nt - 1, nh - 1, nw - 1), (0, 0, 0), (nt // 2, nh // 2, nw // 2), (0, nh - 1, 0)]
+    corners = list(dict.fromkeys(corners))
+    return [p.with_sinks(corners[: 1 + i % len(corners)]) for i, p in enumerate(patterns(grid)[1:])]
+
+
+@pytest.mark.parametrize("geo,tile,bs", LAYOUTS)
+def test_fast_with_sinks_is_exact_or_a_lower_bound(geo, tile, bs):
+    """Sinks on the fast evaluator: the per-sink tables, the folded view (`with_sinks`) and `tile_recall`."""
+    layout = TileLayout(geo, tile, bs)
+    lt, scorer = LayoutTables(layout), ExactScorer(layout)
+    mass = random_mass(layout, 2)
+    ht = HeadTables(lt, mass)
+    exact_fast = bool((layout.block_first_tile == layout.block_last_tile).all()) and geo.text_tokens == 0
+    for p in sink_patterns(layout.grid_thw):
+        e = scorer.score(p, mass)
+        view = ht.with_sinks(p.sinks)
+        bare = p.with_sinks(())
+        assert view.recall(bare) == pytest.approx(ht.recall(p), abs=1e-9)
+        assert view.blocks(bare) == pytest.approx(ht.blocks(p), abs=1e-6)
+        assert ht.recall(p) >= ht.recall(bare) - 1e-12 and ht.blocks(p) >= ht.blocks(bare) - 1e-9
+        if exact_fast:
+            assert ht.recall(p) == pytest.approx(e.recall, abs=1e-6), p.describe()
+            assert ht.blocks(p) == pytest.approx(e.blocks, abs=1e-6), p.describe()
+            rows = torch.where(scorer.block_mask(p), mass, 0).sum(-1).double() / mass.double().sum(-1)
+            assert torch.allclose(ht.tile_recall(p)[layout.order], rows, atol=1e-6)
+        else:
+            assert ht.recall(p) <= e.recall + 1e-9
+            assert ht.blocks(p) <= e.blocks + 1e-9
+    with pytest.raises(ValueError, match="without sinks"):
+        ht.with_sinks([(0, 0, 0)]).blocks(Pattern.local(0, 1, 1).with_sinks([(0, 0, 0)]))

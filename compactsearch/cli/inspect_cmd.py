@@ -51,11 +51,21 @@ def inspect(
                   f"{run['est_attention_speedup']:.2f}x), {run['density_sparse_steps']:.4f} over the sparse steps")
     rows = head_rows(cfg, bucket=bucket, layer=layer)
     table = Table(title_justify="left")
-    for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall"):
+    oracle = any(r["oracle_recall"] is not None or r["efficiency"] is not None for r in rows)  # a searched config
+    for col in ("bucket", "steps", "layer", "head", "pattern", "density", "recall") + (
+            ("oracle", "efficiency") if oracle else ()):
         table.add_column(col, overflow="fold")
+
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
     for r in rows:
-        table.add_row(str(r["bucket"]), f"{r['steps'][0]}-{r['steps'][1]}", str(r["layer"]), str(r["head"]),
-                      r["pattern"], f"{r['density']:.3f}", "-" if r["recall"] is None else f"{r['recall']:.3f}")
+        cells = [str(r["bucket"]), f"{r['steps'][0]}-{r['steps'][1]}", str(r["layer"]), str(r["head"]),
+                 r["pattern"], f"{r['density']:.3f}", num(r["recall"])]
+        table.add_row(*cells, *((num(r["oracle_recall"]), num(r["efficiency"])) if oracle else ()))
+    if "pattern_efficiency" in cfg.summary:
+        console.print(f"pattern efficiency {cfg.summary['pattern_efficiency']:.4f}: mean recall / mean recall of "
+                      "the top blocks by mass at each head's density (oracle)")
     if head is None:
         console.print(table)
     if head is not None:

@@ -42,6 +42,7 @@ def search(
                                            "error, from the profile's value statistics), recall (kept attention "
                                            "mass, the paper's), or auto (fidelity when the profile has them).")
                          ] = "auto",
+    sinks: Annotated[int, typer.Option(help="Sink key tiles per head the search may keep (0..4; 0: none).")] = 4,
     json_out: JsonOpt = False,
 ) -> None:
     """Search per-head block-sparse patterns under one whole-model budget and write a config.
@@ -58,14 +59,15 @@ def search(
         raise InputError(f"profile {profile} does not exist; create one with `compactsearch profile`")
     out = out or profile.with_name(profile.name.rstrip("/") + ".config.yaml")
     settings = SearchSettings(budget=budget, recall=recall, trials=trials, max_groups=groups, sampler=sampler,
-                              seed=seed, holdout=holdout, objective=objective)
+                              seed=seed, holdout=holdout, objective=objective, sinks=sinks)
     settings.check()
     cm = CostModel.load(cost_model) if cost_model is not None else None
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     arguments = {"profile": str(profile), "budget": budget, "recall": recall, "trials": trials, "workers": n_workers,
                  "storage": "default" if storage is None else "external", "resume": resume, "holdout": holdout,
                  "out": str(out), "seed": seed, "groups": groups, "sampler": sampler,
-                 "cost_model": None if cost_model is None else str(cost_model), "objective": objective}
+                 "cost_model": None if cost_model is None else str(cost_model), "objective": objective,
+                 "sinks": sinks}
     with Progress(TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=None)
@@ -85,6 +87,9 @@ def search(
         table.add_row("objective", f"output fidelity (mean {s['fidelity_mean']:.4f}; recall kept as the floor)")
     else:
         table.add_row("objective", "recall" + ("" if s.get("objective") else " (profile without value statistics)"))
+    if "pattern_efficiency" in s:
+        table.add_row("pattern efficiency", f"{s['pattern_efficiency']:.4f} (recall / recall of the top blocks by "
+                                            f"mass at each head's density, {s['oracle_recall_mean']:.4f})")
     table.add_row("dense warm-up", f"{outcome.config.dense_warmup} of {outcome.config.num_steps} steps (chosen "
                                    f"with the patterns under the budget)")
     b = s["baselines"]

@@ -37,16 +37,24 @@ import torch
 from compactsearch._io import atomic_dir, atomic_write_text
 from compactsearch.config import Config, load_config, run_density
 from compactsearch.errors import InputError
-from compactsearch.patterns import Pattern, reference_panel, tile_mask
+from compactsearch.patterns import MAX_SINKS, Pattern, reference_panel, tile_mask
 from compactsearch.profile.stats import LABELS, head_stats
 from compactsearch.profile.store import Profile
 from compactsearch.report import figures as F
 from compactsearch.report.html import FigureRef, Section, Table, render_page
-from compactsearch.report.maps import TileShares, downsample, middle_tile, neighbourhood_maps, window_rects
+from compactsearch.report.maps import (
+    TileShares,
+    downsample,
+    middle_tile,
+    neighbourhood_maps,
+    sink_cells,
+    window_rects,
+)
 from compactsearch.report.select import MAX_CELLS, Selection, parse_head, select
 from compactsearch.search import ExactScorer, HeadResult, HeadTables, LayoutTables, SearchSettings, SearchSpace
 from compactsearch.search import search_head as _search_head
 from compactsearch.search.fidelity import HeadFidelity
+from compactsearch.search.study import Oracle
 
 __all__ = ["ReportResult", "build_report", "check_config_matches", "match_buckets", "ROWS_PER_FIGURE"]
 
@@ -108,7 +116,8 @@ def _search_settings(config: Config | None) -> SearchSettings:
                                   trials=int(s.get("trials", 32)), max_groups=int(s.get("groups", 3)),
                                   sampler=str(s.get("sampler", "nsga2")), population=int(s.get("population", 16)),
                                   max_front=int(s.get("max_front", 24)), seed=int(s.get("seed", 0)),
-                                  greedy_lambda=math.inf if lam is None else float(lam))
+                                  greedy_lambda=math.inf if lam is None else float(lam),
+                                  sinks=int(s.get("sinks", MAX_SINKS)))
         settings.check()
         return settings
     except (TypeError, ValueError, InputError):  # a hand-written search block: fall back to the defaults
@@ -143,6 +152,7 @@ class _Data:
     density: np.ndarray | None = None
     waste: np.ndarray | None = None
     fidelity: np.ndarray | None = None  # [CB, L, H]; NaN when the profile has no value statistics
+    oracle: np.ndarray | None = None  # [CB, L, H] recall of the top blocks by mass at the pattern's block count
     maps: dict = field(default_factory=dict)  # (b, l, h) -> ([D, nh, nw] float64, text share)
     fronts: dict = field(default_factory=dict)  # (l, h) -> [(profile bucket, HeadResult)]
 
@@ -184,7 +194,7 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
     row_total = mass.sum(-1, dtype=torch.float64)
     factor = profile.value_factor(b, l) if cfg_idx and profile.has_values else None
     for ci in cfg_idx:
-        vals = np.full((5, H), np.nan)
+        vals = np.full((6, H), np.nan)
         for hc in w["config"].buckets[ci].layers[l].heads:
             h, p = hc.head, hc.pattern
             sc = scorer.score(p, mass[h], row_total[h])
@@ -193,6 +203,7 @@ def _unit(b: int, l: int, cfg_idx: list[int], maps: bool, fronts: bool) -> dict:
                       else tile_mask(p, layout))
                 w["waste"][p] = layout.tiling_waste(tm, scorer.block_mask(p))
             vals[:4, h] = (sc.recall, sc.recall_min, sc.blocks / (nb * nb), w["waste"][p])
+            vals[5, h] = Oracle(mass[h]).recall(sc.blocks)
             if factor is not None:
                 vals[4, h] = HeadFidelity(mass[h], factor[h], scorer.block_mask).fidelity(p)
         out["cfg"][ci] = vals
@@ -221,6 +232,7 @@ def _collect(profile: Profile, config: Config | None, cfg_map: list[int], sel: S
         data.recall, data.recall_min = np.zeros(shape), np.zeros(shape)
         data.density, data.waste = np.zeros(shape), np.zeros(shape)
         data.fidelity = np.full(shape, np.nan)
+        data.oracle = np.zeros(shape)
     panel_heads: dict[int, list[int]] = {}
     for l, h in sel.panels:
         panel_heads.setdefault(l, []).append(h)
@@ -244,7 +256,7 @@ def _collect(profile: Profile, config: Config | None, cfg_map: list[int], sel: S
         for ci, vals in r["cfg"].items():
             data.recall[ci, r["l"]], data.recall_min[ci, r["l"]] = vals[0], vals[1]
             data.density[ci, r["l"]], data.waste[ci, r["l"]] = vals[2], vals[3]
-            data.fidelity[ci, r["l"]] = vals[4]
+            data.fidelity[ci, r["l"]], data.oracle[ci, r["l"]] = vals[4], vals[5]
         data.maps.update(r["maps"])
         for key, res in r["fronts"].items():
             data.fronts.setdefault(key, []).append((r["b"], res))
@@ -402,8 +414,8 @@ class _Page:
     # -------------------------------------------------------------------------------------------- sections
     def sections(self, head_list: list[tuple[int, int]], progress: Progress | None) -> list[Section]:
         self.head_list = head_list
-        steps = [self._summary, self._labels, self._heatmaps, self._maps, self._fronts, self._text, self._waste,
-                 self._about]
+        steps = [self._summary, self._labels, self._heatmaps, self._efficiency, self._maps, self._fronts, self._text,
+                 self._waste, self._about]
         out = []
         for i, fn in enumerate(steps):
             if progress:
@@ -453,6 +465,9 @@ class _Page:
         }
         if any_sparse and not np.isnan(d.fidelity).any():
             mine["fidelity_mean"] = round(float(d.fidelity.mean()), 5)
+        if any_sparse:
+            mine["oracle_recall_mean"] = round(float(d.oracle.mean()), 5)
+            mine["pattern_efficiency"] = round(float(d.recall.mean() / max(d.oracle.mean(), 1e-300)), 5)
         self.summary["config"] = mine
         rec = c.summary or {}
         names = [("density", "block density over the whole run (dense warm-up steps at 1)"),
@@ -462,7 +477,9 @@ class _Page:
                  ("recall_min_block", "recall, worst query block"),
                  ("heads_below_floor", f"heads below the recall floor {self.floor:g}"),
                  ("tiling_waste_mean", "tiling waste, mean over heads"),
-                 ("fidelity_mean", "output fidelity, mean over heads (1 - relative error; needs value statistics)")]
+                 ("fidelity_mean", "output fidelity, mean over heads (1 - relative error; needs value statistics)"),
+                 ("oracle_recall_mean", "oracle recall, mean over heads (top blocks by mass, same densities)"),
+                 ("pattern_efficiency", "pattern efficiency (mean recall / mean oracle recall)")]
         header = ["quantity", "this profile (recomputed)", "recorded in the config"]
         table = [[label, mine.get(k, "-"), rec.get(k, "")] for k, label in names]
         table.append(["search objective", "", (c.search or {}).get("objective", rec.get("objective", "recall"))])
@@ -545,6 +562,40 @@ class _Page:
                                      "bucket (0 = the dense output).", "output error heatmaps"))
         return s
 
+    def _efficiency(self) -> Section | None:
+        """Heads by pattern efficiency: how much the pattern language costs on this model."""
+        d, c = self.data, self.config
+        if c is None or not d.recall.size:
+            return None
+        s = Section("efficiency", "Pattern efficiency")
+        s.paragraphs.append(
+            "For every head, the recall its chosen pattern keeps divided by the recall of the best unstructured "
+            "block set of the same size: the head's top blocks by mass (the oracle; any static block mask of that "
+            "density keeps at most this much). 1 means the pattern language costs this head nothing; low values "
+            "mark heads whose attention the windows, frame groups and sinks do not fit.")
+        eff = d.recall / np.maximum(d.oracle, 1e-300)
+        series = [(self._cfg_title(ci), eff[ci]) for ci in range(len(c.buckets))]
+        s.items.append(self._fig(F.efficiency_figure(series), "04b-efficiency.png",
+                                 "Every head's pattern efficiency, sorted, per config bucket.",
+                                 "pattern efficiency of every head, sorted"))
+        grids = [(self._cfg_title(ci), 1.0 - eff[ci]) for ci in range(len(c.buckets))]
+        s.items.append(self._fig(F.value_heatmaps(grids, "Recall lost to the pattern language",
+                                                  "1 - pattern efficiency", ".3f"), "04c-efficiency-heads.png",
+                                 "1 - pattern efficiency per (layer, head), per config bucket (0: the pattern keeps "
+                                 "what the oracle keeps).", "pattern efficiency heatmaps"))
+        for ci in range(len(c.buckets)):
+            rows = []
+            for idx in np.argsort(eff[ci], axis=None)[:10]:
+                l, h = np.unravel_index(idx, eff[ci].shape)
+                b = self.cfg_map[ci]
+                rows.append([f"L{l}.H{h}", self.label[(b, l, h)], c.buckets[ci].layers[l].heads[h].pattern.describe(),
+                             float(d.recall[ci, l, h]), float(d.oracle[ci, l, h]), float(eff[ci, l, h]),
+                             float(d.density[ci, l, h])])
+            s.items.append(Table(["head", "label", "pattern", "recall", "oracle recall", "efficiency", "density"],
+                                 rows, caption=f"{self._cfg_title(ci)[0].upper()}{self._cfg_title(ci)[1:]}: the ten "
+                                 "least efficient heads"))
+        return s
+
     def _pattern_for(self, b: int, l: int, h: int) -> tuple[Pattern | None, int | None]:
         """The config pattern running at profile bucket ``b`` (dense when the config runs it dense), and its
         config bucket."""
@@ -566,7 +617,8 @@ class _Page:
             "key tile at one temporal tile distance |dt| (both directions summed), on a log colour scale. "
             + ("Magenta boxes outline the chosen pattern's windows at that distance (dashed: the second window; "
                "shifted inward at the border as the kernel does); 'skipped' marks distances the pattern does not "
-               "attend." if self.config is not None else "Give --config to outline a config's windows."))
+               "attend; cyan squares marked S are its sink key tiles, kept by every query." if self.config is not None
+               else "Give --config to outline a config's windows."))
         dist_idx = list(sel.distances)
         for b in sel.buckets:
             sub = Section(f"maps-b{b}", f"{self._bucket_title(b)[0].upper()}{self._bucket_title(b)[1:]}",
@@ -585,8 +637,9 @@ class _Page:
                         pattern, ci = self._pattern_for(b, l, h)
                         rects = None if pattern is None else [window_rects(pattern, lay.grid_thw, self.query, dd)
                                                               for dd in dist_idx]
+                        sinks = None if pattern is None else [sink_cells(pattern, self.query, dd) for dd in dist_idx]
                         label = self.label[(b, l, h)]
-                        panels.append(F.MapPanel(f"L{l}.H{h} {label}", ds.numpy(), rects))
+                        panels.append(F.MapPanel(f"L{l}.H{h} {label}", ds.numpy(), rects, sinks))
                         row = [f"L{l}.H{h}", label, f"{100 * text:.1f}%"]
                         if self.config is not None:
                             if ci is None:

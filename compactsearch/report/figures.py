@@ -79,11 +79,13 @@ class MapPanel:
         maps: ``[D, rows, cols]`` share of the query tile's attention per (possibly downsampled) key cell.
         rects: per drawn distance, the pattern's windows ``[(row0, col0, rows, cols)]`` in tile units, None
             when the pattern skips that distance; the whole list is None when no config was given.
+        sinks: per drawn distance, the pattern's sink key tiles ``[(row, col)]`` there (None: no config).
     """
 
     name: str
     maps: np.ndarray
     rects: list | None = None
+    sinks: list | None = None
 
 
 def small_multiples(panels: Sequence[MapPanel], distances: Sequence[int], grid_hw: tuple[int, int],
@@ -136,6 +138,11 @@ def small_multiples(panels: Sequence[MapPanel], distances: Sequence[int], grid_h
                         ax.add_patch(Rectangle((c0 + e, r0 + e), ww - 2 * e, hh - 2 * e, fill=False,
                                                edgecolor="#ff00ff", linewidth=1.8,
                                                linestyle="-" if i == 0 else "--"))
+            for sr, sc in (panel.sinks[c] if panel.sinks is not None else ()):  # sink key tiles: cyan squares
+                ax.add_patch(Rectangle((sc + 0.08, sr + 0.08), 0.84, 0.84, fill=False, edgecolor="#00e5ff",
+                                       linewidth=1.6))
+                ax.text(sc + 0.5, sr + 0.5, "S", ha="center", va="center", color="#00e5ff", fontsize=6,
+                        fontweight="bold")
             _tile_ticks(ax, nh, nw)
             ax.tick_params(labelsize=6, length=2)
             if r == 0:
@@ -264,6 +271,27 @@ def value_heatmaps(grids: Sequence[tuple[str, np.ndarray]], title: str, unit: st
         _annotate(ax, g, fmt)
     fig.colorbar(im, ax=axes, label=unit, shrink=0.9)
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def efficiency_figure(series: Sequence[tuple[str, np.ndarray]]) -> Figure:
+    """Heads by pattern efficiency: per config bucket, every head's efficiency (recall / the oracle's recall at
+    the same density), sorted ascending, so the heads the pattern language fits worst sit on the left."""
+    fig = Figure(figsize=(7.0, 3.2), layout="constrained")
+    ax = fig.subplots()
+    lo = 1.0
+    for name, eff in series:
+        e = np.sort(np.asarray(eff, dtype=float).ravel())
+        ax.plot(np.arange(1, e.size + 1), e, marker="." if e.size <= 64 else None, label=name)
+        lo = min(lo, float(e.min()) if e.size else 1.0)
+    ax.set_ylim(max(0.0, lo - 0.02), 1.005)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("heads, least efficient first")
+    ax.set_ylabel("pattern efficiency")
+    ax.set_title("Recall kept / recall of the top blocks by mass at the same density", fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
     return fig
 
 

@@ -22,7 +22,8 @@ import torch
 from compactsearch.patterns import Pattern
 from compactsearch.tiling import TileLayout
 
-__all__ = ["TileShares", "middle_tile", "NeighbourhoodMaps", "neighbourhood_maps", "window_rects", "downsample"]
+__all__ = ["TileShares", "middle_tile", "NeighbourhoodMaps", "neighbourhood_maps", "window_rects", "sink_cells",
+           "downsample"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,12 @@ def window_rects(pattern: Pattern, grid_thw: tuple[int, int, int], query: tuple[
         if g.dt_lo <= distance <= g.dt_hi:
             return [(_start(qh, w.h, nh), _start(qw, w.w, nw), min(w.h, nh), min(w.w, nw)) for w in g.windows]
     return None
+
+
+def sink_cells(pattern: Pattern, query: tuple[int, int, int], distance: int) -> list[tuple[int, int]]:
+    """``[(row, col), ...]`` of the pattern's sink key tiles at temporal distance ``distance`` from ``query``
+    (both directions, as the maps sum them)."""
+    return [(h, w) for t, h, w in pattern.sinks if abs(t - query[0]) == distance]
 
 
 def downsample(maps: torch.Tensor, max_cells: int) -> tuple[torch.Tensor, tuple[int, int]]:

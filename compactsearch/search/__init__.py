@@ -4,6 +4,8 @@ Public names (modules are private):
     run_search, SearchSettings, SearchOutcome      the whole search, as `compactsearch search` runs it
     search_head, HeadSettings, HeadResult, FrontPoint
                                                    one head: baselines + sweep + Optuna, exact Pareto front
+    sink_candidates                                a head's ranked sink key tiles
+    Oracle                                         the top blocks by mass: the bound a pattern is measured against
     LayoutTables, HeadTables, ExactScorer, CostModel
                                                    fast and exact recall / cost of patterns
     SearchSpace                                    the per-head search space (Optuna parameters <-> patterns)
@@ -20,8 +22,9 @@ from compactsearch.search.budget import Allocation, RunPlan, allocate, plan_run
 from compactsearch.search.evaluate import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.holdout import HoldoutSplit, split_prompts
 from compactsearch.search.run import SearchOutcome, SearchSettings, default_storage, head_name, run_search
+from compactsearch.search.sinks import sink_candidates
 from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
-from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, search_head
+from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, Oracle, search_head
 from compactsearch.search.sweep import lagrangian_sweep
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "HeadSettings",
     "HeadResult",
     "FrontPoint",
+    "Oracle",
+    "sink_candidates",
     "LayoutTables",
     "HeadTables",
     "ExactScorer",

@@ -18,6 +18,14 @@ inside the larger one; the intersection of windows ``(h1, w1)`` and ``(h2, w2)``
 temporal distance leaves a table ``T[h, w, d]`` (mass within window ``(h, w)`` at distances ``<= d``), so one
 pattern costs a few scalar lookups: millions per second on one core.
 
+**Sinks.** A pattern's sink key tiles are kept by every query tile. Their columns are disjoint from each other,
+so the kept mass is the groups' mass plus, per sink, the sink column's mass outside the groups' windows. For a
+sink key tile ``s`` a table ``T_s[h, w, d]`` (the column's mass from query tiles whose window ``(h, w)`` at
+distances ``<= d`` contains ``s``) has the same form as ``T``, so ``column mass - sum over the pattern of T_s``
+is again a few lookups (`HeadTables.sink_table`; the cost side likewise, per layout). `HeadTables.with_sinks`
+folds a fixed sink set into the tables (``T - Σ T_s``, constants plus the columns), so the baselines and the
+sweep, which only read the tables, optimise the windows *given* those sinks, exactly.
+
 The fast evaluator is exact when every kernel block lies inside one tile. Where a block straddles tiles (the
 packed partial tiles), the kernel computes the whole block when *any* of its tiles is allowed, while the fast
 evaluator counts only the allowed tiles' share: fast recall and fast cost are then lower bounds of the exact
@@ -26,6 +34,7 @@ ones (a pattern feasible by the fast evaluator is feasible exactly). Front point
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import OrderedDict
@@ -116,8 +125,12 @@ class LayoutTables:
         self._dn_ok = ((tq[:, None] - d[None, :]) >= 0) & (d[None, :] > 0)
         ones = torch.ones(self.nvq, self.nvq, dtype=torch.float64)
         self.const_blocks = self.nb * self.nb - self.nvq * self.nvq
-        self.cost_C = self.cumulative(self.tile_matrix(ones))
+        self.cost_tiles = self.tile_matrix(ones)  # [n_tiles, n_tiles] fast block share per tile pair
+        self.cost_C = self.cumulative(self.cost_tiles)
         self.cost_T = self.cost_C.sum(2).numpy()
+        self._tq = coords[:, 0]
+        self._dist_le = None  # lazily: [nt (key frame), n_tiles, nt (d)] |tq - tk| <= d
+        self._sink_cost: dict[tuple[int, int, int], tuple[np.ndarray, float]] = {}
 
     # ------------------------------------------------------------------------------------------------
     def tile_matrix(self, video: torch.Tensor) -> torch.Tensor:
@@ -155,11 +168,39 @@ class LayoutTables:
         by_d = by_d + torch.gather(win, 3, self._dn.expand(nh, nw, nq, nt)) * self._dn_ok
         return by_d.cumsum(3)
 
+    def raster_id(self, tile: tuple[int, int, int]) -> int:
+        nt, nh, nw = self.grid
+        return (tile[0] * nh + tile[1]) * nw + tile[2]
+
+    def sink_table(self, column: torch.Tensor, tile: tuple[int, int, int]) -> np.ndarray:
+        """``[nh, nw, nt]``: of the values ``column`` ``[n_tiles]`` (per query tile, on key tile ``tile``), the sum
+        over query tiles whose window ``(h, w)`` (index ``h-1, w-1``) at distances ``<= d`` contains the tile."""
+        nt, nh, nw = self.grid
+        t, h, w = tile
+        in_h = ((self._sh <= h) & (h < self._sh + self._sizes_h)).double()  # [nh, nq]
+        in_w = ((self._sw <= w) & (w < self._sw + self._sizes_w)).double()  # [nw, nq]
+        if self._dist_le is None:
+            ar = torch.arange(nt)
+            self._dist_le = ((self._tq[None, :, None] - ar[:, None, None]).abs() <= ar[None, None, :]).double()
+        return torch.einsum("hq,wq,qd->hwd", in_h * column[None, :], in_w, self._dist_le[t]).numpy()
+
+    def sink_cost(self, tile: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+        """The cost side of a sink key tile: its `sink_table` of fast block shares and its column's block count."""
+        v = self._sink_cost.get(tile)
+        if v is None:
+            col = self.cost_tiles[:, self.raster_id(tile)]
+            v = self._sink_cost[tile] = (self.sink_table(col, tile), float(col.sum()))
+        return v
+
     def pattern_blocks(self, pattern: Pattern) -> float:
         """Fast block count of a pattern (exact when no block straddles tiles)."""
         if pattern.is_dense:
             return float(self.nb * self.nb)
-        return self.const_blocks + _pattern_sum(self.cost_T, pattern)
+        total = self.const_blocks + _pattern_sum(self.cost_T, pattern)
+        for tile in pattern.sinks:
+            table, col = self.sink_cost(tile)
+            total += col - _pattern_sum(table, pattern)
+        return total
 
 
 def _range(T: np.ndarray, h: int, w: int, lo: int, hi: int) -> float:
@@ -198,18 +239,57 @@ class HeadTables:
             raise InputError("a head's block mass sums to zero; the profile is empty or corrupt")
         video = m[:nvq, :nvq]
         self.const_kept = self.total - float(video.sum())
-        self.C = lt.cumulative(lt.tile_matrix(video))  # [nh, nw, nq, nt]
+        self.mt = lt.tile_matrix(video)  # [nq, nk] (query tile, key tile) mass, raster ids
+        self.C = lt.cumulative(self.mt)  # [nh, nw, nq, nt]
         self.T = self.C.sum(2).numpy()  # [nh, nw, nt]
         self.row_total = lt.tile_rows(m[:nvq].sum(1))  # [nq] per query tile, text columns included
         self.row_const = lt.tile_rows(m[:nvq, nvq:].sum(1))
+        self.sinks: tuple[tuple[int, int, int], ...] = ()  # folded into the tables (`with_sinks`)
+        self._sink_mass: dict[tuple[int, int, int], tuple[np.ndarray, float]] = {}
+
+    def sink_mass(self, tile: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+        """The mass side of a sink key tile: its `LayoutTables.sink_table` and its column's mass."""
+        v = self._sink_mass.get(tile)
+        if v is None:
+            col = self.mt[:, self.lt.raster_id(tile)]
+            v = self._sink_mass[tile] = (self.lt.sink_table(col, tile), float(col.sum()))
+        return v
+
+    def with_sinks(self, sinks) -> HeadTables:
+        """These tables with the sink key tiles ``sinks`` folded in (see the module docstring): the view's
+        ``recall(p)`` and ``blocks(p)`` of a pattern *without* sinks are this head's numbers of
+        ``p.with_sinks(sinks)``; the baselines and the sweep run on it unchanged. ``C`` and `tile_recall` are
+        not folded (use this object's)."""
+        sinks = tuple(sorted(tuple(s) for s in sinks))
+        if not sinks:
+            return self
+        view = copy.copy(self)
+        lt = copy.copy(self.lt)
+        view.lt, view.sinks = lt, sinks
+        view.T = self.T.copy()
+        lt.cost_T = self.lt.cost_T.copy()
+        for tile in sinks:
+            mt, mc = self.sink_mass(tile)
+            ct, cc = self.lt.sink_cost(tile)
+            view.T -= mt
+            view.const_kept += mc
+            lt.cost_T -= ct
+            lt.const_blocks += cc
+        return view
 
     def recall(self, pattern: Pattern) -> float:
         """Fast recall (a lower bound of the exact one)."""
         if pattern.is_dense:
             return 1.0
-        return (self.const_kept + _pattern_sum(self.T, pattern)) / self.total
+        kept = self.const_kept + _pattern_sum(self.T, pattern)
+        for tile in pattern.sinks:
+            table, col = self.sink_mass(tile)
+            kept += col - _pattern_sum(table, pattern)
+        return kept / self.total
 
     def blocks(self, pattern: Pattern) -> float:
+        if self.sinks and pattern.sinks:
+            raise ValueError("a view with sinks folded in scores patterns without sinks")
         return self.lt.pattern_blocks(pattern)
 
     def density(self, pattern: Pattern) -> float:
@@ -229,6 +309,18 @@ class HeadTables:
                 c = self.C[w.h - 1, w.w - 1]
                 part = c[:, g.dt_hi] - (c[:, g.dt_lo - 1] if g.dt_lo > 0 else 0.0)
                 kept += sign * part
+        lt = self.lt
+        for tile in pattern.sinks:  # the sink column where the query tile's windows do not already cover it
+            t, h, w = tile
+            covered = torch.zeros(lt.n_tiles, dtype=torch.bool)
+            dist = (lt._tq - t).abs()
+            for g in pattern.groups:
+                in_range = (dist >= g.dt_lo) & (dist <= g.dt_hi)
+                for win in g.windows:
+                    wh, ww = min(win.h, lt.grid[1]), min(win.w, lt.grid[2])
+                    sh, sw = lt._sh[wh - 1], lt._sw[ww - 1]
+                    covered |= in_range & (sh <= h) & (h < sh + wh) & (sw <= w) & (w < sw + ww)
+            kept += torch.where(covered, 0.0, self.mt[:, lt.raster_id(tile)])
         return torch.where(self.row_total > 0, kept / self.row_total.clamp_min(1e-300), 1.0)
 
 

@@ -64,7 +64,12 @@ class HeadFidelity:
         """Relative squared output error of ``pattern`` (0 for dense)."""
         if pattern.is_dense or not self.den > 0:
             return 0.0
-        mask = self.block_mask(pattern)
+        return self.mask_error(self.block_mask(pattern))
+
+    def mask_error(self, mask: torch.Tensor) -> float:
+        """Relative squared output error of any kept block set ``mask`` ``[NQB, NKB]`` bool (e.g. the oracle's)."""
+        if not self.den > 0:
+            return 0.0
         if self.rows is not None:
             mask = mask[self.rows]
         ps = torch.where(mask, self.p, 0.0)

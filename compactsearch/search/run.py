@@ -40,6 +40,7 @@ import torch
 from compactsearch import __version__
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig, summarize
 from compactsearch.errors import InputError
+from compactsearch.patterns import MAX_SINKS
 from compactsearch.profile.store import Profile
 from compactsearch.schedule import fraction
 from compactsearch.search.baselines import min_pattern
@@ -76,6 +77,7 @@ class SearchSettings:
     holdout: int = 0
     greedy_lambda: float = math.inf
     objective: str = "auto"
+    sinks: int = MAX_SINKS
 
     def check(self) -> None:
         """Raise `InputError` naming the first bad setting."""
@@ -83,8 +85,8 @@ class SearchSettings:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or not 0 < v <= 1:
                 raise InputError(f"--{name} must lie in (0, 1], got {v}")
-        if self.trials < 1:
-            raise InputError(f"--trials must be >= 1, got {self.trials}")
+        if self.trials < 0:
+            raise InputError(f"--trials must be >= 0 (0: the baselines and the sweep only), got {self.trials}")
         if self.max_groups < 1:
             raise InputError(f"--groups must be >= 1, got {self.max_groups}")
         if self.sampler not in SAMPLERS:
@@ -93,19 +95,21 @@ class SearchSettings:
             raise InputError(f"--holdout must be >= 0, got {self.holdout}")
         if self.objective not in OBJECTIVES:
             raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0 <= self.sinks <= MAX_SINKS:
+            raise InputError(f"--sinks must lie in 0..{MAX_SINKS}, got {self.sinks}")
         if self.population < 2 or self.max_front < 4:
             raise InputError("population must be >= 2 and max_front >= 4")
 
     def head_settings(self) -> HeadSettings:
         return HeadSettings(self.recall, self.trials, self.max_groups, self.sampler, self.population,
-                            self.max_front, self.greedy_lambda)
+                            self.max_front, self.greedy_lambda, self.sinks)
 
     def to_dict(self) -> dict:
         return {"budget": self.budget, "recall": self.recall, "trials": self.trials, "groups": self.max_groups,
                 "sampler": self.sampler, "population": self.population, "max_front": self.max_front,
                 "seed": self.seed, "holdout": self.holdout,
                 "greedy_lambda": None if math.isinf(self.greedy_lambda) else self.greedy_lambda,
-                "objective": self.objective}
+                "objective": self.objective, "sinks": self.sinks}
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,12 @@ def _search_unit(b: int, l: int, heads: list[int]) -> list[HeadResult]:
     if pm is not None:
         _check_mass(prof, b, l, pm, "per-prompt block mass")
     calib, held = unit_masses(mass, pm, w["split"])
+    # per-prompt mass of the calibration prompts: sink candidates must hold in each (`search.sinks`)
+    sink_pm = None
+    if w["settings"].sinks and prof.per_prompt:
+        sink_pm = pm if pm is not None else prof.prompt_mass(b, l)
+        if sink_pm is not None and w["split"] is not None and w["split"].holdout:
+            sink_pm = sink_pm[list(w["split"].calibration)]
     factor = prof.value_factor(b, l) if w.get("fidelity") else None
     if factor is not None:
         nb = prof.layout().num_blocks
@@ -307,7 +317,8 @@ def _search_unit(b: int, l: int, heads: list[int]) -> list[HeadResult]:
         fid = None if factor is None else HeadFidelity(calib[h], factor[h], w["scorer"].block_mask)
         out.append(search_head(ht, w["scorer"], calib[h], w["space"], w["settings"],
                                _head_seed(w["seed"], b, l, h), (b, l, h),
-                               None if held is None else held[h], w["keep_trials"], fid))
+                               None if held is None else held[h], w["keep_trials"], fid,
+                               None if sink_pm is None else sink_pm[:, h]))
     return out
 
 
@@ -527,6 +538,12 @@ def summary_from_blocks(config: Config, blocks: dict[tuple[int, int, int], int])
     return summarize(config, [by_bucket[b] for b in sorted(by_bucket)])
 
 
+def _head_config(head: int, p, nb: int) -> HeadConfig:
+    """A chosen front point as the config's head entry, with its oracle numbers when the search recorded them."""
+    return HeadConfig(head, p.pattern, p.recall, p.blocks / (nb * nb), p.oracle_recall, p.oracle_fidelity,
+                      p.efficiency)
+
+
 def _build_config(profile, profile_path, settings, results, min_warmup, to_cost, split, cost_model, key,
                   arguments):
     layout = profile.layout()
@@ -544,8 +561,7 @@ def _build_config(profile, profile_path, settings, results, min_warmup, to_cost,
     for b, rng in plan.buckets:
         layers = []
         for l in range(L):
-            heads = tuple(HeadConfig(h, chosen[(b, l, h)].pattern, chosen[(b, l, h)].recall,
-                                     chosen[(b, l, h)].blocks / (nb * nb)) for h in range(H))
+            heads = tuple(_head_config(h, chosen[(b, l, h)], nb) for h in range(H))
             layers.append(LayerConfig(l, heads))
         cfg_buckets.append(Bucket.of_steps(rng, n_run, tuple(layers), b))
 

@@ -8,6 +8,8 @@ Declared once per tile grid ``(nt, nh, nw)`` and group cap ``G``. Parameters (al
                       w: 1 .. nw     frame), h{i} = 0 for i > 0 skips the group
     h{i}x, w{i}x      h: 0 .. nh     second window; h{i}x = 0 means none
                       w: 1 .. nw
+    sinks             0 .. S         how many of the head's sink candidates to keep (a prefix of the ranking
+                                     `compactsearch.search.sinks.sink_candidates` gives; only when it gave any)
 
 Empty ranges (equal cuts, cuts past dt_max) are dropped. Every decoded pattern is put in a canonical form so
 equal masks compare equal: a window inside the other window of its group is dropped, windows are sorted,
@@ -56,17 +58,18 @@ def canonical(pattern: Pattern, grid: tuple[int, int, int]) -> Pattern:
     if len(groups) == 1 and groups[0].dt_lo == 0 and groups[0].dt_hi == nt - 1 and groups[0].windows == (
         Window(nh, nw),
     ):
-        return Pattern.dense()
-    return Pattern(tuple(groups))
+        return Pattern.dense()  # every key: sinks add nothing
+    return Pattern(tuple(groups), pattern.sinks)
 
 
-def pattern_from_yaml(data) -> Pattern:
-    """Inverse of `Pattern.to_yaml` (trusted input: the search's own storage)."""
+def pattern_from_yaml(data, sinks=()) -> Pattern:
+    """Inverse of `Pattern.to_yaml` (and `Pattern.sinks_yaml`; trusted input: the search's own storage)."""
     if data == "dense":
         return Pattern.dense()
     return Pattern(
         tuple(FrameGroup(int(g["dt"][0]), int(g["dt"][1]), tuple(Window(int(h), int(w)) for h, w in g["windows"]))
-              for g in data)
+              for g in data),
+        tuple(tuple(int(x) for x in s) for s in sinks),
     )
 
 
@@ -76,6 +79,11 @@ class SearchSpace:
 
     grid: tuple[int, int, int]
     max_groups: int = 3
+    sinks: tuple[tuple[int, int, int], ...] = ()  # the head's sink candidates, best first
+
+    def sink_set(self, k: int) -> tuple[tuple[int, int, int], ...]:
+        """The first ``k`` sink candidates."""
+        return self.sinks[:k]
 
     @property
     def groups(self) -> int:
@@ -92,6 +100,8 @@ class SearchSpace:
             d[f"w{i}"] = IntDistribution(1, nw)
             d[f"h{i}x"] = IntDistribution(0, nh)
             d[f"w{i}x"] = IntDistribution(1, nw)
+        if self.sinks:
+            d["sinks"] = IntDistribution(0, len(self.sinks))
         return d
 
     def decode(self, params: dict) -> Pattern:
@@ -109,11 +119,18 @@ class SearchSpace:
             if params[f"h{i}x"] > 0:
                 ws.append(Window(params[f"h{i}x"], params[f"w{i}x"]))
             groups.append(FrameGroup(lo, hi, tuple(ws)))
-        return canonical(Pattern(tuple(groups)), self.grid)
+        return canonical(Pattern(tuple(groups), self.sink_set(params.get("sinks", 0))), self.grid)
 
     def encode(self, pattern: Pattern) -> dict | None:
         """Parameters that decode to ``pattern``, or None when the space cannot express it."""
         nt, nh, nw = self.grid
+        k = 0
+        if pattern.sinks:  # a prefix of the candidates, or not expressible
+            k = next((k for k in range(1, len(self.sinks) + 1)
+                      if tuple(sorted(self.sink_set(k))) == pattern.sinks), None)
+            if k is None:
+                return None
+            pattern = pattern.with_sinks(())
         if pattern.is_dense:
             pattern = Pattern.local(nt - 1, nh, nw)
         groups = list(pattern.groups)
@@ -142,6 +159,9 @@ class SearchSpace:
                 params[f"h{i}x"], params[f"w{i}x"] = ws[1].h, ws[1].w
             else:
                 params[f"h{i}x"], params[f"w{i}x"] = 0, 1
+        if self.sinks:
+            params["sinks"] = k
+            pattern = pattern.with_sinks(self.sink_set(k))
         if self.decode(params) != canonical(pattern, self.grid):
             return None
         return params

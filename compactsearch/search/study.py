@@ -11,6 +11,15 @@ For one (bucket, layer, head):
    (always keeping dense, the cheapest pattern, the baselines and the points around the floor), re-scored
    exactly; the exact Pareto front is the head's result.
 
+**Sinks.** The head's sink candidates (`compactsearch.search.sinks`) are ranked once; the number kept, ``k``,
+is one more search parameter. Steps 1 and 2 run for every ``k``: the cube front and the sweep on the tables
+with the first ``k`` sinks folded in (`HeadTables.with_sinks`), so each finds the best windows *given* the
+sinks; the greedy and best-cube baselines stay sink-free (they are the rivals the search must dominate).
+
+**Oracle bound.** Every front point also gets the recall that the best unstructured block set of the same size
+keeps (the top blocks by mass, text blocks included in the choice) and, with value statistics, that set's
+fidelity: how far the pattern language is from the best any static block mask of that density could do.
+
 The result is a pure function of (mass, settings, sampler seed): the run derives the seed from (seed, bucket,
 layer, head), so a resumed search reproduces an uninterrupted one.
 """
@@ -19,19 +28,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import optuna
 import torch
 
-from compactsearch.patterns import Pattern
+from compactsearch.patterns import MAX_SINKS, Pattern
 from compactsearch.search.baselines import best_cube, cube_front, greedy_contraction, min_pattern
 from compactsearch.search.evaluate import ExactScore, ExactScorer, HeadTables
 from compactsearch.search.fidelity import HeadFidelity
-from compactsearch.search.space import SearchSpace, pattern_from_yaml
+from compactsearch.search.sinks import sink_candidates
+from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
 from compactsearch.search.sweep import lagrangian_sweep
 
-__all__ = ["HeadSettings", "FrontPoint", "HeadResult", "search_head", "pareto", "SAMPLERS"]
+__all__ = ["HeadSettings", "FrontPoint", "HeadResult", "Oracle", "search_head", "pareto", "SAMPLERS"]
 
 SAMPLERS = ("nsga2", "tpe", "random")
 FIDELITY_CUBES = 16  # cube-front points re-scored for fidelity per head
@@ -49,6 +60,7 @@ class HeadSettings:
         population: NSGA-II population size.
         max_front: fast-front points re-scored exactly per head.
         greedy_lambda: the greedy baseline's cost threshold (``inf``: stop at the floor only).
+        sinks: sink candidates per head (0: patterns without sinks); at most `MAX_SINKS`.
     """
 
     floor: float = 0.9
@@ -58,6 +70,7 @@ class HeadSettings:
     population: int = 16
     max_front: int = 32
     greedy_lambda: float = math.inf
+    sinks: int = MAX_SINKS
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -76,26 +89,39 @@ class FrontPoint:
     blocks: int
     holdout_recall: float | None = None
     fidelity: float | None = None
+    oracle_recall: float | None = None
+    oracle_fidelity: float | None = None
 
     @property
     def value(self) -> float:
         """What the search maximises: the fidelity when known, else the recall."""
         return self.recall if self.fidelity is None else self.fidelity
 
+    @property
+    def efficiency(self) -> float | None:
+        """Pattern efficiency: recall / the oracle's recall at the same block count."""
+        if self.oracle_recall is None:
+            return None
+        return min(1.0, self.recall / self.oracle_recall) if self.oracle_recall > 0 else 1.0
+
     def to_dict(self) -> dict:
         d = {"pattern": self.pattern.to_yaml(), "recall": self.recall, "recall_min": self.recall_min,
              "blocks": self.blocks}
-        if self.holdout_recall is not None:
-            d["holdout_recall"] = self.holdout_recall
-        if self.fidelity is not None:
-            d["fidelity"] = self.fidelity
+        if self.pattern.sinks:
+            d["sinks"] = self.pattern.sinks_yaml()
+        for k in ("holdout_recall", "fidelity", "oracle_recall", "oracle_fidelity"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FrontPoint:
-        return cls(pattern_from_yaml(d["pattern"]), float(d["recall"]), float(d["recall_min"]), int(d["blocks"]),
-                   None if d.get("holdout_recall") is None else float(d["holdout_recall"]),
-                   None if d.get("fidelity") is None else float(d["fidelity"]))
+        def opt(k):
+            return None if d.get(k) is None else float(d[k])
+
+        return cls(pattern_from_yaml(d["pattern"], d.get("sinks", ())), float(d["recall"]), float(d["recall_min"]),
+                   int(d["blocks"]), opt("holdout_recall"), opt("fidelity"), opt("oracle_recall"),
+                   opt("oracle_fidelity"))
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,37 @@ def pareto(points: dict, recall_of, cost_of) -> list:
     return out
 
 
+class Oracle:
+    """The best unstructured block set of each size on one head: its top blocks by mass.
+
+    Args:
+        mass: ``[NQB, NKB]`` block mass.
+    """
+
+    def __init__(self, mass: torch.Tensor):
+        self.mass = mass
+        desc = np.sort(mass.reshape(-1).float().numpy())[::-1]  # numpy's sort: ~5x torch's on one core
+        self.values = desc
+        self.cum = np.cumsum(desc, dtype=np.float64)
+        self.total = float(self.cum[-1]) if desc.size else 0.0
+
+    def recall(self, blocks: int) -> float:
+        """Mass share of the top ``blocks`` blocks."""
+        if not self.total > 0:
+            return 1.0
+        if blocks <= 0:
+            return 0.0
+        return min(1.0, float(self.cum[min(blocks, self.cum.size) - 1]) / self.total)
+
+    def mask(self, blocks: int) -> torch.Tensor:
+        """``[NQB, NKB]`` bool: the top ``blocks`` blocks (blocks tied with the last one are kept too; they change
+        no recall or fidelity when they are the zero-mass blocks, the only ties that occur in practice)."""
+        if blocks <= 0:
+            return torch.zeros(self.mass.shape, dtype=torch.bool)
+        thr = float(self.values[min(blocks, self.values.size) - 1])
+        return self.mass.float() >= thr
+
+
 def _sampler(settings: HeadSettings, seed: int) -> optuna.samplers.BaseSampler:
     if settings.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=settings.population, seed=seed)
@@ -172,6 +229,7 @@ def search_head(
     holdout_mass: torch.Tensor | None = None,
     keep_trials: bool = False,
     fidelity: HeadFidelity | None = None,
+    prompt_mass: torch.Tensor | None = None,
 ) -> HeadResult:
     """Search one head. See the module docstring.
 
@@ -188,30 +246,41 @@ def search_head(
         fidelity: this head's output-fidelity scorer; when given the result's front is the (fidelity, blocks)
             front over the recall front, the cube front and every temporal window (whole frames within ``dt``
             frame tiles: the structure recall undervalues when neighbouring frames repeat each other).
+        prompt_mass: ``[P, NQB, NKB]`` per-prompt mass of the calibration prompts: sink candidates must hold in
+            every prompt (`compactsearch.search.sinks`).
     """
     t0 = time.perf_counter()
     floor = settings.floor
     nb2 = float(ht.lt.nb * ht.lt.nb)
     cands: dict[Pattern, tuple[float, float]] = {}
 
-    def add(p: Pattern) -> tuple[float, float]:
+    def add(p: Pattern, view: HeadTables | None = None) -> tuple[float, float]:
+        """Score ``p`` (on ``view``, the tables with ``p``'s sinks folded in, when given: cheaper)."""
         v = cands.get(p)
         if v is None:
-            v = cands[p] = (ht.recall(p), ht.blocks(p))
+            q = p if view is None else p.with_sinks(())
+            t = ht if view is None else view
+            v = cands[p] = (t.recall(q), t.blocks(q))
         return v
 
+    sinks = sink_candidates(ht, settings.sinks, prompt_mass) if settings.sinks else ()
+    space = replace(space, sinks=sinks)
     add(Pattern.dense())
     add(min_pattern())
-    for p in cube_front(ht):
-        add(p)
     cube = best_cube(ht, floor)
     add(cube)
     path, greedy = greedy_contraction(ht, floor, settings.greedy_lambda, space.groups)
     for p in path:
         add(p)
-    sweep = lagrangian_sweep(ht, space, floor)
-    for p in sweep:
-        add(p)
+    sweep = []
+    for k in range(len(sinks) + 1):  # the cube front and the sweep given the first k sinks
+        view = ht.with_sinks(space.sink_set(k))
+        for p in cube_front(view):
+            add(p.with_sinks(view.sinks), view)
+        for p in lagrangian_sweep(view, space, floor):
+            p = p.with_sinks(view.sinks)
+            add(p, view)
+            sweep.append(p)
 
     # Optuna: seeds first (greedy, cube, the sweep's points nearest the floor), then the sampler.
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=_sampler(settings, seed))
@@ -221,7 +290,7 @@ def search_head(
     for p in [greedy, cube, *sweep_sorted]:
         if p not in seeds and space.encode(p) is not None:
             seeds.append(p)
-    for p in seeds[: max(1, min(settings.trials // 2, settings.population))]:
+    for p in seeds[: min(settings.trials, max(1, min(settings.trials // 2, settings.population)))]:
         study.enqueue_trial(space.encode(p))
     for _ in range(settings.trials):
         trial = study.ask(dists)
@@ -245,7 +314,10 @@ def search_head(
         cubes = cube_front(ht)
         if len(cubes) > FIDELITY_CUBES:  # spread evenly over the cost range (a random head has hundreds)
             cubes = [cubes[round(i * (len(cubes) - 1) / (FIDELITY_CUBES - 1))] for i in range(FIDELITY_CUBES)]
-        for p in [*cubes, *(Pattern.local(dt, nh, nw) for dt in range(nt))]:
+        temporal = [Pattern.local(dt, nh, nw) for dt in range(nt)]
+        if sinks:  # whole frames near in time and the sinks far away
+            temporal += [canonical(p.with_sinks(sinks), ht.lt.grid) for p in temporal]
+        for p in [*cubes, *temporal]:
             if p not in chosen:
                 chosen.append(p)
         fid = {p: fidelity.fidelity(p) for p in chosen}
@@ -255,11 +327,14 @@ def search_head(
     else:
         exact_front = pareto(exact, lambda p: fid[p], lambda p: exact[p].blocks)
     hold_total = None if holdout_mass is None else holdout_mass.sum(-1, dtype=torch.float64)
+    oracle = Oracle(mass)
 
     def point(p: Pattern) -> FrontPoint:
         e = exact[p]
         hr = None if holdout_mass is None else scorer.score(p, holdout_mass, hold_total).recall
-        return FrontPoint(p, e.recall, e.recall_min, e.blocks, hr, fid.get(p))
+        of = None if fidelity is None else fidelity.mask_error(oracle.mask(e.blocks))
+        return FrontPoint(p, e.recall, e.recall_min, e.blocks, hr, fid.get(p), oracle.recall(e.blocks),
+                          None if of is None else 1.0 - of)
 
     return HeadResult(
         bucket=key[0], layer=key[1], head=key[2],

@@ -10,6 +10,8 @@ points of the head's (fast) convex hull, including the cheapest hull point at or
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from compactsearch.patterns import FrameGroup, Pattern, Window
@@ -19,6 +21,26 @@ from compactsearch.search.space import SearchSpace, canonical
 __all__ = ["lagrangian_sweep", "RangeOptions"]
 
 MAX_PAIR_OPTIONS = 4000
+
+
+@functools.lru_cache(maxsize=16)
+def _option_index(nh: int, nw: int) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray]:
+    """The window options of a grid and, per option, the flat ``(h-1)*nw + (w-1)`` indices of its windows A, B
+    and their intersection (``nh*nw``: a zero row, for single windows)."""
+    windows = [(h, w) for h in range(1, nh + 1) for w in range(1, nw + 1)]
+    options: list[tuple] = [((h, w),) for h, w in windows]
+    # crossed pairs: a taller-narrower and a shorter-wider window (others reduce to one window)
+    pairs = [((h1, w1), (h2, w2)) for h1 in range(1, nh + 1) for h2 in range(1, h1)
+             for w1 in range(1, nw + 1) for w2 in range(w1 + 1, nw + 1)]
+    if len(pairs) > MAX_PAIR_OPTIONS:  # very fine grids: keep thin crosses (a one-tile band on one side)
+        pairs = [p for p in pairs if p[0][1] == 1 or p[1][0] == 1]
+    options += pairs
+    zero = nh * nw
+    flat = lambda h, w: (h - 1) * nw + (w - 1)  # noqa: E731
+    ia = np.array([flat(*o[0]) for o in options])
+    ib = np.array([flat(*o[1]) if len(o) == 2 else zero for o in options])
+    ii = np.array([flat(o[1][0], o[0][1]) if len(o) == 2 else zero for o in options])
+    return options, ia, ib, ii
 
 
 class RangeOptions:
@@ -31,27 +53,15 @@ class RangeOptions:
         lo = np.array([r[0] for r in self.ranges])
         hi = np.array([r[1] for r in self.ranges])
 
-        def by_range(T: np.ndarray) -> np.ndarray:  # [nh, nw, R]
+        def by_range(T: np.ndarray) -> np.ndarray:  # [nh*nw + 1, R], a zero row last
             prev = np.where(lo > 0, T[:, :, np.maximum(lo - 1, 0)], 0.0)
-            return T[:, :, hi] - prev
+            flat = (T[:, :, hi] - prev).reshape(nh * nw, -1)
+            return np.concatenate([flat, np.zeros((1, flat.shape[1]))])
 
+        self.options, ia, ib, ii = _option_index(nh, nw)
         m, c = by_range(ht.T) / ht.total, by_range(lt.cost_T) / (lt.nb * lt.nb)
-        windows = [(h, w) for h in range(1, nh + 1) for w in range(1, nw + 1)]
-        options: list[tuple] = [((h, w),) for h, w in windows]
-        mass = [m[h - 1, w - 1] for h, w in windows]
-        cost = [c[h - 1, w - 1] for h, w in windows]
-        # crossed pairs: a taller-narrower and a shorter-wider window (others reduce to one window)
-        pairs = [((h1, w1), (h2, w2)) for h1 in range(1, nh + 1) for h2 in range(1, h1)
-                 for w1 in range(1, nw + 1) for w2 in range(w1 + 1, nw + 1)]
-        if len(pairs) > MAX_PAIR_OPTIONS:  # very fine grids: keep thin crosses (a one-tile band on one side)
-            pairs = [p for p in pairs if p[0][1] == 1 or p[1][0] == 1]
-        for a, b in pairs:
-            options.append((a, b))
-            mass.append(m[a[0] - 1, a[1] - 1] + m[b[0] - 1, b[1] - 1] - m[b[0] - 1, a[1] - 1])
-            cost.append(c[a[0] - 1, a[1] - 1] + c[b[0] - 1, b[1] - 1] - c[b[0] - 1, a[1] - 1])
-        self.options = options
-        self.mass = np.stack(mass)  # [n_options, R]
-        self.cost = np.stack(cost)
+        self.mass = m[ia] + m[ib] - m[ii]  # [n_options, R]: A + B - A∩B
+        self.cost = c[ia] + c[ib] - c[ii]
         self.base = ht.const_kept / ht.total
         self.nt = nt
 

@@ -64,6 +64,21 @@ class atomic_dir:
             shutil.rmtree(old)
 
 
+MAX_YAML_BYTES = 256 * 10**6  # the largest config (many layers, heads and buckets) is a few MB
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: a small document of nested aliases (a "billion laughs")
+    expands to gigabytes once printed or hashed, and no compactsearch file needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not accepted; "
+                                              "write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path, what: str):
     """Parse a YAML file, turning every failure into an InputError naming the file and the fix."""
     path = Path(path)
@@ -72,13 +87,17 @@ def read_yaml(path: Path, what: str):
     if path.is_dir():
         raise InputError(f"{what} {path} is a directory; give the YAML file")
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise InputError(f"{what} {path} is {size / 1e6:.0f} MB, above the {MAX_YAML_BYTES // 10**6} MB a "
+                             "YAML file of this tool may have; is it the right file?")
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{what} {path} cannot be read as text: {e}") from e
     if not text.strip():
         raise InputError(f"{what} {path} is empty")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

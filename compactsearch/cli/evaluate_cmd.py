@@ -47,6 +47,7 @@ def evaluate(
     """
     import torch
 
+    from compactsearch._io import check_output
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
     from compactsearch.evaluate import baseline_configs
@@ -63,6 +64,8 @@ def evaluate(
     else:
         raise InputError(f"recipe {recipe} has no holdout_prompts: add them to the recipe or pass --prompts FILE")
     plist = plist[:max_prompts] if max_prompts else plist
+    if videos is not None:
+        check_output(videos, "--videos", "dir")
     configs = {}
     for path in config:
         name = path.stem

@@ -75,6 +75,7 @@ def profile(
     """
     from dataclasses import replace
 
+    from compactsearch._io import check_output
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
     from compactsearch.profile.run import run_profile
 
@@ -85,6 +86,7 @@ def profile(
     if per_prompt is not None:
         r = replace(r, per_prompt=per_prompt)
     out = out or Path("profiles") / r.name
+    check_output(out, "--out", "dir")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal, transient=True) as bars:
         hooks = _RichProgress(bars)

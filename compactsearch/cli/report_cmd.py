@@ -32,7 +32,10 @@ def report(
         compactsearch report out/wan-profile --config wan-0.3.yaml --out out/wan-report
         compactsearch report out/wan-profile --config wan-0.3.yaml --head 20.7 --head 3.0 --out out/wan-report
     """
+    from compactsearch._io import check_output
     from compactsearch.report import build_report  # imports matplotlib: only when this command runs
+
+    check_output(out, "--out", "dir")
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from compactsearch._io import check_output
 from compactsearch.cli._common import JsonOpt, console, print_json
 from compactsearch.errors import InputError
 from compactsearch.search.evaluate import CostModel
@@ -56,6 +57,7 @@ def search(
     if not profile.exists():
         raise InputError(f"profile {profile} does not exist; create one with `compactsearch profile`")
     out = out or profile.with_name(profile.name.rstrip("/") + ".config.yaml")
+    check_output(out, "--out", "file")
     settings = SearchSettings(budget=budget, recall=recall, trials=trials, max_groups=groups, sampler=sampler,
                               seed=seed, holdout=holdout, objective=objective)
     settings.check()

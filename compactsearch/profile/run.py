@@ -6,7 +6,8 @@ the output is never decoded). The prompt's block mass per (bucket, layer) — th
 profiled steps — goes to ``<out>.work/prompt_<i>.safetensors``, written atomically. ``resume=True`` skips
 prompts whose file exists (and was made by the same recipe and prompts: ``<out>.work/work.yaml`` holds their
 fingerprint). The profile is then the mean over the prompt files, saved with `Profile.save` (atomic), and the
-work directory is removed. The result is the same whether a run was resumed or not, since the profile is
+work directory is removed; a run that fails removes it too unless it holds finished prompts (kept for
+``--resume``). The result is the same whether a run was resumed or not, since the profile is
 always built from the files.
 
 Several processes (``torchrun --nproc-per-node N -m compactsearch profile RECIPE``): rank ``r`` takes prompts
@@ -130,6 +131,12 @@ def _prepare_work_dir(work: Path, recipe: Recipe, resume: bool) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     atomic_write_text(manifest, dump_yaml({"fingerprint": fp, "recipe": recipe.source, "prompts": len(recipe.prompts)}))
+
+
+def _drop_empty_work_dir(work: Path) -> None:
+    """After a failed run: remove the work directory unless it holds finished prompts (kept for --resume)."""
+    if work.is_dir() and not any(work.glob("prompt_*.safetensors")):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _save_prompt(path: Path, i: int, recipe: Recipe, cap: PromptCapture, sink: BlockMassCapture) -> None:
@@ -323,13 +330,19 @@ def run_profile(
     except Exception as e:  # stop every rank together, then re-raise here
         failed = e
     if _broadcast_error(world, rank, failed is not None):
+        if rank == 0:
+            _drop_empty_work_dir(work)
         if failed is not None:
             raise failed
         raise InputError("another rank failed; see its error above, then run again with --resume")
     _barrier(world)
     result_out = None
     if rank == 0:
-        merge_work_dir(work, recipe, out)
+        try:
+            merge_work_dir(work, recipe, out)
+        except BaseException:
+            _drop_empty_work_dir(work)
+            raise
         shutil.rmtree(work, ignore_errors=True)
         result_out = out
     _barrier(world)
@@ -338,7 +351,7 @@ def run_profile(
 
 def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: str, last_step: int, show) -> None:
     pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
-                         base_dir=Path(recipe.base_dir))
+                         base_dir=Path(recipe.base_dir), video=(recipe.frames, recipe.height, recipe.width))
     _check_switch(recipe, expert_switch_step(pipe, recipe.steps))
     sink = BlockMassCapture(recipe.bucket_of_step(), branch=recipe.branch, tile=recipe.tile,
                             block_size=recipe.block_size, sample_layers=recipe.sample_layers,

@@ -28,7 +28,11 @@ def search(
                                                 show_default=False)] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna RDB URL shared by several workers or machines "
                                                      "[default: SQLite <out>.optuna.db].", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed search from its storage.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed search from its storage (or "
+                                         "re-allocate a finished one at another budget).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the default database of an earlier search for "
+                                        "this --out and start over (without --resume or --fresh, an existing one "
+                                        "is refused).")] = False,
     holdout: Annotated[int, typer.Option(help="Keep K prompts out of the search and report recall on them.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Config YAML to write [default: <profile>.config.yaml].",
                                              show_default=False)] = None,
@@ -51,6 +55,7 @@ def search(
         compactsearch search out/wan-profile --budget 0.3
         compactsearch search out/wan-profile --budget 0.3 --recall 0.92 --holdout 2 --out wan-0.3.yaml
         compactsearch search out/wan-profile --budget 0.3 --resume
+        compactsearch search out/wan-profile --budget 0.3 --fresh
         compactsearch search prof --budget 0.3 --storage postgresql://user@db/search --workers 8
     """
     profile = Path(profile)
@@ -70,7 +75,7 @@ def search(
     with Progress(TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=None)
-        outcome = run_search(profile, settings, out, storage=storage, resume=resume, workers=n_workers,
+        outcome = run_search(profile, settings, out, storage=storage, resume=resume, fresh=fresh, workers=n_workers,
                              cost_model=cm, keep_trials=keep_trials, arguments=arguments,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     s = outcome.summary

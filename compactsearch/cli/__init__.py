@@ -80,18 +80,20 @@ def main(argv: list[str] | None = None) -> None:
             raise
         msg, code = describe(e)
         print(msg if code == EXIT_INTERNAL else f"error: {msg}", file=sys.stderr)
-    _flush_stdout()
-    sys.exit(code)
+    sys.exit(_flush_stdout(code))
 
 
-def _flush_stdout() -> None:
-    """Flush stdout now; when that fails (a full disk, a closed pipe) say so once, and stop Python from printing
-    its own traceback-like warning at exit."""
+def _flush_stdout(code: int) -> int:
+    """Flush stdout now; when that fails (a full disk, a closed pipe) say so once (unless an error was already
+    printed), and keep Python from printing its own warning at exit. Returns the exit code."""
     try:
         sys.stdout.flush()
     except OSError as e:
-        print(f"error: writing the results to stdout failed: {describe(e)[0]}", file=sys.stderr)
+        if code == 0:
+            print(f"error: writing the results to stdout failed: {describe(e)[0]}", file=sys.stderr)
+            code = 2
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
+    return code

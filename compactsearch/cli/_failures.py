@@ -77,7 +77,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
         if isinstance(e, OSError) and e.errno is not None:
             return _os_error(e), 2
         if "safetensors_rust.SafetensorError" in names or type(e).__name__ == "SafetensorError":
-            m = re.search(r"code: (\d+)", str(e))
+            m = re.search(r"(?:code: |os error )(\d+)", str(e))
             if m:
                 return f"writing or reading a safetensors file failed: {os_error_hint(int(m.group(1)))}", 2
             return f"a safetensors file cannot be read or written: {_first_line(e)}", 2

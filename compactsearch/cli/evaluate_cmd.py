@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
+from compactsearch.cli._common import JsonOpt, console, existing_file, print_json, progress_display
 
 __all__ = ["evaluate"]
 
@@ -79,8 +79,8 @@ def evaluate(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     total = len(plist) * (1 + len(configs))
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_display("evaluate", TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("", total=total)
         report = run_evaluate(r, configs, plist, device=device, backend=backend, video_dir=videos,
                               progress=lambda label: bar.update(task, advance=1, description=label))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._common import JsonOpt, console, print_json, progress_display
 
 __all__ = ["profile"]
 
@@ -87,8 +87,8 @@ def profile(
         r = replace(r, per_prompt=per_prompt)
     out = out or Path("profiles") / r.name
     check_output(out, "--out", "dir")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not console.is_terminal, transient=True) as bars:
+    with progress_display("profile", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), transient=True) as bars:
         hooks = _RichProgress(bars)
         result = run_profile(r, out, device=device, resume=resume, progress=hooks)
         hooks.finish()

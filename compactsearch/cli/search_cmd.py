@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from compactsearch._io import check_output
-from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._common import JsonOpt, console, print_json, progress_display
 from compactsearch.errors import InputError
 from compactsearch.search.evaluate import CostModel
 from compactsearch.search.run import SearchSettings, default_storage, run_search
@@ -72,9 +72,9 @@ def search(
                  "storage": "default" if storage is None else "external", "resume": resume, "holdout": holdout,
                  "out": str(out), "seed": seed, "groups": groups, "sampler": sampler,
                  "cost_model": None if cost_model is None else str(cost_model), "objective": objective}
-    with Progress(TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("", total=None)
+    with progress_display("search", TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("heads", total=None)
         outcome = run_search(profile, settings, out, storage=storage, resume=resume, fresh=fresh, workers=n_workers,
                              cost_model=cm, keep_trials=keep_trials, arguments=arguments,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -118,8 +118,10 @@ class Profile:
         except Exception as e:  # safetensors raises several types for damaged files
             raise InputError(f"profile {self.root} is corrupt: {path.name} cannot be read ({e})") from e
         if t is not None and key in ("mass", "per_prompt") and not bool(((t >= 0) & torch.isfinite(t)).all()):
-            raise InputError(f"profile {self.root} is corrupt: {path.name} '{key}' holds negative, NaN or inf "
-                             "block mass (mass is a sum of softmax weights, finite and >= 0); re-run the profile")
+            what = "per-prompt block mass" if key == "per_prompt" else "block mass"
+            raise InputError(f"profile {self.root} is corrupt: the {what} of bucket {bucket}, layer {layer} "
+                             f"({path.name}) contains NaN, inf or negative values (mass is a sum of softmax "
+                             "weights); re-run the profile")
         return t
 
     def mass(self, bucket: int, layer: int) -> torch.Tensor:
@@ -410,7 +412,8 @@ def _check_meta(meta: dict) -> None:
         raise _schema.fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
     steps = _schema.integer(meta.get("steps"), "steps", 1)
     check_caps({"frames": g["frames"], "height": g["height"], "width": g["width"],
-                "text_tokens": g.get("text_tokens", 0), "layers": layers, "heads": heads, "steps": steps}, "")
+                "text_tokens": g.get("text_tokens", 0)}, "geometry")
+    check_caps({"layers": layers, "heads": heads, "steps": steps}, "")
     raw = _schema.lst(meta.get("buckets"), "buckets")
     if not raw:
         raise _schema.fail("buckets", "needs at least one step range")

@@ -220,21 +220,6 @@ def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
     return Pattern(tuple(groups))
 
 
-_FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi")  # the built-in adapters (no import needed)
-
-
-def _adapter(x) -> str:
-    """``model.adapter``: a registered adapter family, or ``unknown`` (a search on a profile naming no model)."""
-    name = _str(x, "model.adapter")
-    if name in _FAMILIES or name == "unknown":
-        return name
-    from compactsearch.adapters import adapter_names  # imports diffusers: only for a name not built in
-
-    if name not in adapter_names():
-        raise _fail("model.adapter", f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}")
-    return name
-
-
 def config_from_dict(data: dict, source: str = "config") -> Config:
     """Validate a parsed YAML mapping into a Config; errors name the path."""
     d = _mapping(data, "", {"format", "model", "geometry", "tiling", "schedule", "buckets"},
@@ -321,6 +306,21 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         buckets=tuple(buckets),
         **extras,
     )
+
+
+_FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi")  # the built-in adapters (no import needed)
+
+
+def _adapter(x) -> str:
+    """``model.adapter``: a registered adapter family, or ``unknown`` (a search on a profile naming no model)."""
+    name = _str(x, "model.adapter")
+    if name in _FAMILIES or name == "unknown":
+        return name
+    from compactsearch.adapters import adapter_names  # imports diffusers: only for a name not built in
+
+    if name not in adapter_names():
+        raise _fail("model.adapter", f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}")
+    return name
 
 
 def load_config(path: Path) -> Config:

@@ -29,8 +29,8 @@ from planted import planted_profile
 from safetensors.torch import load_file, save_file
 
 from compactsearch.cli import main
-from compactsearch.cli._common import LineProgress
 from compactsearch.cli._failures import EXIT_INTERNAL, describe
+from compactsearch.cli._progress import LineProgress
 from compactsearch.geometry import VideoGeometry
 from compactsearch.search.run import SearchSettings, default_storage, run_search
 from tests.conftest import small_config
@@ -402,6 +402,8 @@ def test_read_only_and_full_disks(world, mounts, tmp_path, capsys):
         (["report", p, "--out", ro / "rep"], "read-only"),
         (["report", p, "--out", full / "rep"], "bytes free"),
         (["report", bp, "--out", small / "rep", "--workers", "1"], "no space left"),  # runs out mid-way
+        (["search", bp, "--budget", "0.5", "--workers", "1", "--keep-trials", "--out", small / "c.yaml"],
+         "database or disk is full"),  # the Optuna database outgrows the disk mid-way
     ]
     for argv, expect in fault_cases:
         code, out, err = run(argv, capsys)

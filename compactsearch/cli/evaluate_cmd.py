@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compactsearch.cli._common import JsonOpt, console, existing_file, print_json, progress_display
+from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
+from compactsearch.cli._progress import progress_display
 
 __all__ = ["evaluate"]
 

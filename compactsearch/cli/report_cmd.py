@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from compactsearch.cli._common import JsonOpt, console, print_json, progress_display
+from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 
 
 def report(

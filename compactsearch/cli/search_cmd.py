@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from compactsearch._io import check_output
-from compactsearch.cli._common import JsonOpt, console, print_json, progress_display
+from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 from compactsearch.errors import InputError
 from compactsearch.search.evaluate import CostModel
 from compactsearch.search.run import SearchSettings, default_storage, run_search

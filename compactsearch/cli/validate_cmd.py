@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json, progress_display
+from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 from compactsearch.config import load_config
 from compactsearch.errors import InputError
 from compactsearch.kernel_check import make_kernel_check

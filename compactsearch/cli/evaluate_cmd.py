@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from compactsearch.cli._common import JsonOpt, console, existing_file, print_json
-from compactsearch.cli._progress import progress_display
 
 __all__ = ["evaluate"]
 
@@ -49,6 +48,7 @@ def evaluate(
     import torch
 
     from compactsearch._io import check_output
+    from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
     from compactsearch.evaluate import baseline_configs

@@ -380,7 +380,10 @@ def mounts(tmp_path):
         yield ro, full, small, tiny
     finally:
         for m in (ro, full, small, tiny):
-            subprocess.run(["umount", str(m)], check=False)
+            busy = subprocess.run(["umount", str(m)], capture_output=True, text=True)
+            if busy.returncode:  # still in use: detach it anyway (nothing may stay mounted), then fail
+                subprocess.run(["umount", "-l", str(m)], check=False)
+                pytest.fail(f"{m} was still in use after the commands (a file left open?): {busy.stderr}")
 
 
 def test_read_only_and_full_disks(world, mounts, tmp_path, capsys):

@@ -196,6 +196,9 @@ def _is_race(e: Exception) -> bool:
     return any(k in msg for k in ("unique constraint", "already exists", "locked", "duplicate"))
 
 
+_OPEN_STORES: list = []  # the storages the running search opened (`run_search` closes them when it returns)
+
+
 class _Store:
     """The Optuna storage of one run: per-head result studies and per-unit claims."""
 
@@ -221,6 +224,7 @@ class _Store:
 
             sqlalchemy.event.listen(self.storage.engine, "connect", _pragmas)
             self.storage.engine.dispose()
+        _OPEN_STORES.append(self)  # closed when run_search returns
         self.owner = os.environ.get("COMPACTSEARCH_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
         self._ownerless: dict[str, float] = {}
         self.stale_s, self.heartbeat_s = _claim_timeout()
@@ -231,6 +235,14 @@ class _Store:
 
     def _name(self, b: int, l: int, h: int) -> str:
         return f"{self.key}:b{b}:l{l}:h{h}"
+
+    def close(self) -> None:
+        """Close the database connections (a finished or failed run keeps no file open)."""
+        try:
+            self.storage.remove_session()
+            self.storage.engine.dispose()
+        except Exception:  # closing a storage that already failed: nothing more to release
+            pass
 
     def done(self) -> dict[tuple[int, int, int], HeadResult]:
         out = {}
@@ -483,16 +495,21 @@ def run_search(
     torch.set_num_threads(1)  # small tensor ops: one thread is several times faster than two here
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = _DefaultDatabase(default_storage(out)) if storage is None else None
+    opened = len(_OPEN_STORES)
     try:
         if db is not None:
             db.open(resume, fresh)
         return _run_search(profile, settings, out, storage, resume, workers, cost_model, keep_trials, progress,
                            arguments)
     except BaseException:
+        while len(_OPEN_STORES) > opened:  # close before removing the files
+            _OPEN_STORES.pop().close()
         if db is not None:
             db.drop_if_unused()
         raise
     finally:
+        while len(_OPEN_STORES) > opened:
+            _OPEN_STORES.pop().close()
         if db is not None:
             db.close()
         torch.set_num_threads(threads)

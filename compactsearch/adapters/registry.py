@@ -119,7 +119,8 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
         looks_local = path.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
         if looks_local and not path.exists():
             raise InputError(f"model.id {model_id}: no such directory; give a save_pretrained directory or a Hub id")
-        pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
+        with _quiet_libraries():
+            pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
     family.transformers(pipe)  # checks the family matches
     if video is not None:
         check_video_size(pipe, family, *video)
@@ -140,31 +141,11 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
     return pipe
 
 
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Keep diffusers / transformers / huggingface_hub warnings (deprecations, "couldn't connect to the Hub",
-    "accelerate not found") off stderr while loading, so a failure reads as one line; errors still show."""
-    import logging
-
-    names = ("diffusers", "transformers", "huggingface_hub")
-    levels = {n: logging.getLogger(n).level for n in names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for n in names:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for n, lvl in levels.items():
-                logging.getLogger(n).setLevel(lvl)
-
-
 def _from_pretrained(model_id: str, torch_dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     try:
-        with _quiet_libraries():
-            return DiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype)
+        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype)
     except (OSError, ValueError) as e:
         if Path(model_id).exists():
             raise InputError(f"model {model_id} cannot be loaded as a diffusers pipeline: "
@@ -196,3 +177,22 @@ def check_video_size(pipe, family: Adapter, frames: int, height: int, width: int
         lo, hi = frames - (frames - 1) % t, frames - (frames - 1) % t + t
         raise InputError(f"recipe video.frames {frames}: this model needs frames - 1 to be a multiple of {t} (its "
                          f"VAE's temporal factor); use {max(lo, 1)} or {hi}")
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Keep diffusers / transformers / huggingface_hub warnings (deprecations, "couldn't connect to the Hub",
+    "accelerate not found") off stderr while loading, so a failure reads as one line; errors still show."""
+    import logging
+
+    names = ("diffusers", "transformers", "huggingface_hub")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from compactsearch._io import check_output
 from compactsearch.cli._common import JsonOpt, console, print_json
 from compactsearch.cli._progress import progress_display
 
@@ -76,7 +77,6 @@ def profile(
     """
     from dataclasses import replace
 
-    from compactsearch._io import check_output
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
     from compactsearch.profile.run import run_profile
 

@@ -338,11 +338,7 @@ def run_profile(
     _barrier(world)
     result_out = None
     if rank == 0:
-        try:
-            merge_work_dir(work, recipe, out)
-        except BaseException:
-            _drop_empty_work_dir(work)
-            raise
+        merge_work_dir(work, recipe, out)
         shutil.rmtree(work, ignore_errors=True)
         result_out = out
     _barrier(world)
@@ -351,8 +347,11 @@ def run_profile(
 
 def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: str, last_step: int, show) -> None:
     pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
-                         base_dir=Path(recipe.base_dir), video=(recipe.frames, recipe.height, recipe.width))
+                         base_dir=Path(recipe.base_dir))
     _check_switch(recipe, expert_switch_step(pipe, recipe.steps))
+    from compactsearch.adapters.registry import check_video_size  # the recipe's sizes against VAE and patches
+
+    check_video_size(pipe, adapter, recipe.frames, recipe.height, recipe.width)
     sink = BlockMassCapture(recipe.bucket_of_step(), branch=recipe.branch, tile=recipe.tile,
                             block_size=recipe.block_size, sample_layers=recipe.sample_layers,
                             sample_heads=recipe.sample_heads)

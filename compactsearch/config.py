@@ -46,7 +46,6 @@ from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
-from compactsearch.limits import check_attention_shape, check_caps
 from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, build_masks
 from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
@@ -232,6 +231,8 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     for k in ("frames", "height", "width", "layers", "heads", "head_dim"):
         _int(g[k], f"geometry.{k}", 1)
     text_tokens = _int(g.get("text_tokens", 0), "geometry.text_tokens", 0)
+    from compactsearch.limits import check_attention_shape, check_caps  # the memory limit (README)
+
     check_caps({**{k: g[k] for k in ("frames", "height", "width", "layers", "heads", "head_dim")},
                 "text_tokens": text_tokens}, "geometry")
     text_position = g.get("text_position", "none")

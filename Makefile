@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint env bench-cpu clean
+.PHONY: test demo lint env bench-cpu clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -20,9 +20,28 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-test: $(STAMP)
+# The report's browser test needs Chromium: installed here when missing and possible (root with apt-get);
+# otherwise (or with COMPACTSEARCH_NO_BROWSER=1) that test runs the report's static checks only, and says so.
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
+have_browser = $(firstword $(foreach b,$(BROWSERS),$(shell command -v $(b) 2>/dev/null)))
+
+browser:
+	@if [ -z "$(have_browser)" ] && [ "$$COMPACTSEARCH_NO_BROWSER" != 1 ] && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  echo "make: installing chromium for the report's browser test (apt-get)"; \
+	  (timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq \
+	    chromium >/dev/null) || echo "make: could not install chromium"; \
+	fi
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	@if [ -n "$(have_browser)" ] || [ "$$COMPACTSEARCH_NO_BROWSER" = 1 ]; then \
+	  TRITON_INTERPRET=1 $(PY) -m pytest -q; \
+	else \
+	  echo "make test: no Chromium: the report's browser test runs its static checks only (install chromium," \
+	    "e.g. apt-get install chromium, to open the report in a browser too)"; \
+	  COMPACTSEARCH_NO_BROWSER=1 TRITON_INTERPRET=1 $(PY) -m pytest -q; \
+	fi
 
 demo: $(STAMP)
 	PYTHON=$(PY) bash scripts/demo.sh recipes/tiny.yaml --out demo-out

@@ -342,6 +342,10 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     for k in ("frames", "height", "width", "layers", "heads", "head_dim"):
         _int(g[k], f"geometry.{k}", 1)
     text_tokens = _int(g.get("text_tokens", 0), "geometry.text_tokens", 0)
+    from compactsearch.limits import check_attention_shape, check_caps  # the memory limit (README)
+
+    check_caps({**{k: g[k] for k in ("frames", "height", "width", "layers", "heads", "head_dim")},
+                "text_tokens": text_tokens}, "geometry")
     text_position = g.get("text_position", "none")
     if text_position not in TEXT_POSITIONS:
         raise _fail("geometry.text_position", f"must be one of {', '.join(TEXT_POSITIONS)}, got {text_position!r}")
@@ -351,6 +355,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     block_size = _int(t["block_size"], "tiling.block_size", 1)
     if block_size not in BLOCK_SIZES:
         raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    check_attention_shape(geometry.seq_len, block_size, g["heads"], g["head_dim"], "geometry")
     layout = TileLayout(geometry, tile, block_size)
     v1 = d["format"] == "compactsearch/v1"
     num_steps, warmup, runs, ids = (_v1_schedule if v1 else _v2_schedule)(d)
@@ -391,7 +396,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         extras[key] = v
     return Config(
         model_id=_str(m["id"], "model.id"),
-        adapter=_str(m["adapter"], "model.adapter"),
+        adapter=_adapter(m["adapter"]),
         geometry=geometry,
         num_layers=L,
         num_heads=H,
@@ -404,6 +409,21 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         source_format=d["format"],
         **extras,
     )
+
+
+_FAMILIES = ("wan", "hunyuan_video", "cogvideox", "ltx", "mochi")  # the built-in adapters (no import needed)
+
+
+def _adapter(x) -> str:
+    """``model.adapter``: a registered adapter family, or ``unknown`` (a search on a profile naming no model)."""
+    name = _str(x, "model.adapter")
+    if name in _FAMILIES or name == "unknown":
+        return name
+    from compactsearch.adapters import adapter_names  # imports diffusers: only for a name not built in
+
+    if name not in adapter_names():
+        raise _fail("model.adapter", f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}")
+    return name
 
 
 def load_config(path: Path) -> Config:

@@ -319,7 +319,7 @@ def evaluate(
         raise InputError("no prompts to evaluate")
     if pipe is None:
         pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
-                             base_dir=Path(recipe.base_dir))
+                             base_dir=Path(recipe.base_dir), video=(recipe.frames, recipe.height, recipe.width))
     dense_timer = AttentionTimer()
     sparse_timers = {name: AttentionTimer() for name in configs}
     ran: dict = {}  # name -> (the config that ran, its step count)

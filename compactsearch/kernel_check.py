@@ -27,6 +27,7 @@ from compactsearch.validation import Check
 __all__ = ["make_kernel_check", "KERNEL_MODES"]
 
 KERNEL_MODES = ("none", "interpret", "triton")
+KERNEL_HEAD_DIMS = (64, 128)  # what compact_attn.block_sparse_attention takes
 
 
 def _masked_rows(q, k, v, dense_blocks, rows, block_q, block_k, dtype):
@@ -82,6 +83,10 @@ def make_kernel_check(
     dense_ms: dict[tuple, float] = {}  # cuDNN dense time per (shape, dtype): the same for every layer
 
     def check(config: Config, mask: BlockSparseMask, bucket: int, layer: int) -> Check:
+        if config.head_dim not in KERNEL_HEAD_DIMS:
+            return Check("kernel", False, f"head dim {config.head_dim}: the kernel takes head dims "
+                                          f"{' or '.join(map(str, KERNEL_HEAD_DIMS))} only (the model runs dense "
+                                          "attention or the reference)")
         captured = samples(layer) if samples is not None else None
         if captured is not None:
             heads = captured["heads"].tolist()

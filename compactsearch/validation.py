@@ -11,7 +11,8 @@ Checks (each a `Check(name, ok, detail)`):
 - ``numerics``: the block-sparse reference attention equals dense attention restricted to the same mask on
   random q/k/v at the config's geometry, on a sample of heads and query blocks per layer (fp32, max abs
   error <= 1e-4);
-- ``kernel`` (optional): the bundled Triton kernel against the reference (see `compactsearch.kernel_check`).
+- ``kernel`` (optional): the bundled Triton kernel against the reference (see `compactsearch.kernel_check`);
+  a kernel that cannot run on the config (a head dim it does not take, out of memory) fails this check.
 """
 
 from __future__ import annotations
@@ -157,7 +158,12 @@ def validate_config(
                 qbs = torch.randperm(nb, generator=gen)[: min(sample_blocks, nb)]
                 max_err = max(max_err, _numeric_error(mask, sorted(heads.tolist()), qbs, qkv))
             if kernel_check is not None:
-                kernel_checks.append(kernel_check(config, mask, bi, li))
+                try:
+                    kernel_checks.append(kernel_check(config, mask, bi, li))
+                except (ValueError, RuntimeError, MemoryError) as e:  # a check that cannot run fails; no traceback
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    kernel_checks.append(Check("kernel", False, f"bucket {bi} layer {li}: the kernel could not run: "
+                                                                f"{msg}"))
             if progress is not None:
                 progress(f"bucket {bi} layer {li}")
         layer_density.append(tuple(row))

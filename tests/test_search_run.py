@@ -85,8 +85,11 @@ def test_deterministic_reuses_storage_and_workers_agree(profile_dir, tmp_path):
     c = run_search(profile_dir, SearchSettings(budget=0.6, seed=5), tmp_path / "a.yaml", resume=True)
     assert c.heads_reused == 24 and c.heads_searched == 0
     assert c.config.summary["density"] <= 0.6 + 1e-9 and c.config.summary["density"] > a.config.summary["density"]
-    # without --resume the default database starts over
-    d = run_search(profile_dir, SearchSettings(budget=0.5, seed=5), tmp_path / "a.yaml")
+    # without --resume the default database is refused, and kept; --fresh starts over
+    with pytest.raises(InputError, match="add --resume to continue it, or --fresh"):
+        run_search(profile_dir, SearchSettings(budget=0.5, seed=5), tmp_path / "a.yaml")
+    assert default_storage(tmp_path / "a.yaml").exists()
+    d = run_search(profile_dir, SearchSettings(budget=0.5, seed=5), tmp_path / "a.yaml", fresh=True)
     assert d.heads_searched == 24 and comparable(d.config) == comparable(a.config)
 
 

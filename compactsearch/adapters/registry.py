@@ -12,7 +12,9 @@ one entry). `load_pipeline(model_id, ...)` turns a recipe's ``model.id`` into a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from compactsearch.adapters.base import Adapter
 from compactsearch.errors import InputError
 
 __all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
-           "register_model", "load_pipeline", "DTYPES"]
+           "register_model", "load_pipeline", "check_video_size", "DTYPES"]
 
 ADAPTERS: dict[str, Adapter] = {}
 
@@ -99,7 +101,8 @@ register_model("compactsearch/tiny-wan", "wan",
 
 
 def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: str = "cpu",
-                  offload: str = "none", base_dir: Path | None = None):
+                  offload: str = "none", base_dir: Path | None = None,
+                  video: tuple[int, int, int] | None = None):
     """Build or load the pipeline named by a recipe's ``model`` section, on ``device``.
 
     Args:
@@ -110,6 +113,8 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
         device: torch device string.
         offload: ``none``, ``model`` (``enable_model_cpu_offload``) or ``sequential``
             (``enable_sequential_cpu_offload``); both lower GPU memory and need ``accelerate``.
+        video: the recipe's ``(frames, height, width)`` in pixels, checked against the model's VAE and patch
+            factors (`check_video_size`) before anything runs.
     """
     family = get_adapter(adapter)
     if dtype not in DTYPES:
@@ -127,8 +132,11 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
         looks_local = path.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
         if looks_local and not path.exists():
             raise InputError(f"model.id {model_id}: no such directory; give a save_pretrained directory or a Hub id")
-        pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
+        with _quiet_libraries():
+            pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
     family.transformers(pipe)  # checks the family matches
+    if video is not None:
+        check_video_size(pipe, family, *video)
     pipe.set_progress_bar_config(disable=True)
     if offload == "none":
         pipe.to(device)
@@ -176,3 +184,45 @@ def _from_pretrained(model_id: str, torch_dtype: torch.dtype):
             f"weights for {model_id} not found (no local copy and the Hub is unreachable): download them with "
             f"`hf download {model_id} --local-dir DIR` on a connected machine and set model.id to DIR"
         ) from e
+
+
+def _spatial_patch(transformer) -> int:
+    p = getattr(getattr(transformer, "config", None), "patch_size", None) or 1
+    return int(p[-1]) if isinstance(p, (tuple, list)) else int(p)
+
+
+def check_video_size(pipe, family: Adapter, frames: int, height: int, width: int) -> None:
+    """Refuse recipe sizes the model cannot take: height and width must be multiples of the VAE's spatial factor
+    times the transformer's patch size, and ``frames - 1`` a multiple of the VAE's temporal factor."""
+    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", None) or 1
+    factor = int(spatial) * _spatial_patch(family.transformers(pipe)[0])
+    for name, v in (("height", height), ("width", width)):
+        if v % factor:
+            lo, hi = max(factor, v - v % factor), v - v % factor + factor
+            raise InputError(f"recipe video.{name} {v}: this model needs a multiple of {factor} (VAE {spatial} x "
+                             f"patch {factor // int(spatial)}); use {lo} or {hi}")
+    temporal = getattr(pipe, "vae_scale_factor_temporal", None)
+    if temporal and (frames - 1) % int(temporal):
+        t = int(temporal)
+        lo, hi = frames - (frames - 1) % t, frames - (frames - 1) % t + t
+        raise InputError(f"recipe video.frames {frames}: this model needs frames - 1 to be a multiple of {t} (its "
+                         f"VAE's temporal factor); use {max(lo, 1)} or {hi}")
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Keep diffusers / transformers / huggingface_hub warnings (deprecations, "couldn't connect to the Hub",
+    "accelerate not found") off stderr while loading, so a failure reads as one line; errors still show."""
+    import logging
+
+    names = ("diffusers", "transformers", "huggingface_hub")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)

@@ -1,11 +1,14 @@
 """The `compactsearch` command line. One thin module per command; `main` maps errors to exit codes.
 
-Exit codes: 0 success, 1 a check failed, 2 bad input or usage. Results go to stdout (``--json``), progress
-and summaries to stderr. ``--debug`` shows the traceback instead of the one-line error.
+Exit codes: 0 success, 1 a check failed, 2 bad input, usage or an expected failure (full disk, read-only
+output, ...), 3 an unexpected error, 130 interrupted; the mapping lives in `compactsearch.cli._failures`.
+Results go to stdout (``--json``), progress and summaries to stderr. ``--debug`` shows the traceback instead of
+the one-line error.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -22,7 +25,7 @@ from compactsearch.cli import (
     validate_cmd,
 )
 from compactsearch.cli._common import state
-from compactsearch.errors import CompactSearchError
+from compactsearch.cli._failures import EXIT_INTERNAL, describe
 
 try:  # typer >= 0.20 vendors its own click; catch its exceptions as well as click's
     from typer._click.exceptions import ClickException as _VendoredClickException
@@ -79,13 +82,28 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{where}", file=sys.stderr)
         code = 2
-    except CompactSearchError as e:
-        if state.debug:
-            raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        code = e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    sys.exit(code)
+    except Exception as e:  # the one mapping of failures to a line and an exit code: cli/_failures.py
+        if state.debug:
+            raise
+        msg, code = describe(e)
+        print(msg if code == EXIT_INTERNAL else f"error: {msg}", file=sys.stderr)
+    sys.exit(_flush_stdout(code))
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush stdout now; when that fails (a full disk, a closed pipe) say so once (unless an error was already
+    printed), and keep Python from printing its own warning at exit. Returns the exit code."""
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        if code == 0:
+            print(f"error: writing the results to stdout failed: {describe(e)[0]}", file=sys.stderr)
+            code = 2
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    return code

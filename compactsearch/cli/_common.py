@@ -37,8 +37,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with 
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        sys.stdout.flush()
+    except OSError as e:  # name the file for the error line (a full disk under `> out.json`)
+        raise OSError(e.errno, e.strerror, "stdout") from e
 
 
 def existing_file(path: Path, what: str) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from compactsearch.cli._common import (
@@ -61,6 +61,8 @@ def evaluate(
     """
     import torch
 
+    from compactsearch._io import check_output
+    from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
     from compactsearch.evaluate import baseline_configs
@@ -77,6 +79,8 @@ def evaluate(
     else:
         raise InputError(f"recipe {recipe} has no holdout_prompts: add them to the recipe or pass --prompts FILE")
     plist = plist[:max_prompts] if max_prompts else plist
+    if videos is not None:
+        check_output(videos, "--videos", "dir")
     configs = {}
     for path in config:
         name = path.stem
@@ -90,8 +94,8 @@ def evaluate(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     total = len(plist) * (1 + len(configs))
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_display("evaluate", TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("", total=total)
         report = run_evaluate(r, configs, plist, device=device, backend=backend, video_dir=videos,
                               progress=lambda label: bar.update(task, advance=1, description=label))

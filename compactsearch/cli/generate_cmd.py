@@ -62,6 +62,7 @@ a checkered gray background" -o compare.gif
 
     import torch
 
+    from compactsearch._io import check_output
     from compactsearch.adapters import load_pipeline
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
@@ -73,6 +74,7 @@ a checkered gray background" -o compare.gif
     r = override_recipe(load_recipe(recipe), steps, frames, height, width)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise InputError(f"--out {out}: write a .gif or an .mp4 file")
+    check_output(out, "--out", "file")
     if compare and config is None:
         raise InputError("--compare needs --config (the sparse side)")
     cfg = load_config(existing_file(config, "config")) if config is not None else None
@@ -81,7 +83,8 @@ a checkered gray background" -o compare.gif
     seed = r.seed if seed is None else seed
     t0 = time.perf_counter()
     with console.status("loading the model", spinner="dots") if console.is_terminal else _null():
-        pipe = load_pipeline(r.model_id, r.adapter, r.dtype, device, r.offload, base_dir=Path(r.base_dir))
+        pipe = load_pipeline(r.model_id, r.adapter, r.dtype, device, r.offload, base_dir=Path(r.base_dir),
+                             video=(r.frames, r.height, r.width))
     with console.status("generating", spinner="dots") if console.is_terminal else _null():
         if cfg is None:
             video = generate_video(pipe, r, prompt, seed)

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from compactsearch._io import check_output
 from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 
 __all__ = ["profile"]
 
@@ -92,8 +94,9 @@ def profile(
     if per_prompt is not None:
         r = replace(r, per_prompt=per_prompt)
     out = out or Path("profiles") / r.name
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not console.is_terminal, transient=True) as bars:
+    check_output(out, "--out", "dir")
+    with progress_display("profile", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), transient=True) as bars:
         hooks = _RichProgress(bars)
         result = run_profile(r, out, device=device, resume=resume, progress=hooks, one_pass=one_pass)
         hooks.finish()

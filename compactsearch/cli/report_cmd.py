@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 
 
 def report(
@@ -32,10 +33,13 @@ def report(
         compactsearch report out/wan-profile --config wan-0.3.yaml --out out/wan-report
         compactsearch report out/wan-profile --config wan-0.3.yaml --head 20.7 --head 3.0 --out out/wan-report
     """
+    from compactsearch._io import check_output
     from compactsearch.report import build_report  # imports matplotlib: only when this command runs
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
+    check_output(out, "--out", "dir")
+
+    with progress_display("report", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

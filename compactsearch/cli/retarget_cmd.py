@@ -52,6 +52,7 @@ def retarget(
         compactsearch retarget tiny-0.3.yaml --grid 12,16,16 --out tiny-12f.yaml
         compactsearch retarget wan-0.3.yaml --steps 30 --out wan-0.3-30steps.yaml
     """
+    from compactsearch._io import check_output
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
     from compactsearch.retarget import retarget as run_retarget
@@ -63,8 +64,7 @@ def retarget(
     if not given and steps is None:
         raise InputError("say what to retarget to: --grid T,H,W, --video FRAMES,HEIGHT,WIDTH, --profile DIR or "
                          "--steps S")
-    if out.exists() and out.is_dir():
-        raise InputError(f"--out {out} is a directory; give a file path for the new config")
+    check_output(out, "--out", "file")
     cfg = load_config(existing_file(config, "config"))
     thw, text, tiling = None, None, None
     if grid is not None:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from compactsearch._io import check_output
 from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 from compactsearch.errors import InputError
 from compactsearch.search.evaluate import CostModel
 from compactsearch.search.run import SearchSettings, default_storage, run_search
@@ -28,7 +30,11 @@ def search(
                                                 show_default=False)] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna RDB URL shared by several workers or machines "
                                                      "[default: SQLite <out>.optuna.db].", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed search from its storage.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed search from its storage (or "
+                                         "re-allocate a finished one at another budget).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the default database of an earlier search for "
+                                        "this --out and start over (without --resume or --fresh, an existing one "
+                                        "is refused).")] = False,
     holdout: Annotated[int, typer.Option(help="Keep K prompts out of the search and report recall on them.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Config YAML to write [default: <profile>.config.yaml].",
                                              show_default=False)] = None,
@@ -52,12 +58,14 @@ def search(
         compactsearch search out/wan-profile --budget 0.3
         compactsearch search out/wan-profile --budget 0.3 --recall 0.92 --holdout 2 --out wan-0.3.yaml
         compactsearch search out/wan-profile --budget 0.3 --resume
+        compactsearch search out/wan-profile --budget 0.3 --fresh
         compactsearch search prof --budget 0.3 --storage postgresql://user@db/search --workers 8
     """
     profile = Path(profile)
     if not profile.exists():
         raise InputError(f"profile {profile} does not exist; create one with `compactsearch profile`")
     out = out or profile.with_name(profile.name.rstrip("/") + ".config.yaml")
+    check_output(out, "--out", "file")
     settings = SearchSettings(budget=budget, recall=recall, trials=trials, max_groups=groups, sampler=sampler,
                               seed=seed, holdout=holdout, objective=objective, sinks=sinks)
     settings.check()
@@ -68,10 +76,10 @@ def search(
                  "out": str(out), "seed": seed, "groups": groups, "sampler": sampler,
                  "cost_model": None if cost_model is None else str(cost_model), "objective": objective,
                  "sinks": sinks}
-    with Progress(TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("", total=None)
-        outcome = run_search(profile, settings, out, storage=storage, resume=resume, workers=n_workers,
+    with progress_display("search", TextColumn("searching heads"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("heads", total=None)
+        outcome = run_search(profile, settings, out, storage=storage, resume=resume, fresh=fresh, workers=n_workers,
                              cost_model=cm, keep_trials=keep_trials, arguments=arguments,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     s = outcome.summary

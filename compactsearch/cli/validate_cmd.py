@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
+from compactsearch.cli._progress import progress_display
 from compactsearch.config import load_config
 from compactsearch.errors import InputError
 from compactsearch.kernel_check import make_kernel_check
@@ -57,8 +58,8 @@ def validate(
     kernel_check = make_kernel_check(kernel, sample_heads=sample_heads, sample_blocks=sample_blocks, seed=seed,
                                      samples=samples)
     n = sum(len(b.layers) for b in cfg.buckets)
-    with Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_display("validate", TextColumn("validating"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("", total=n)
         report = validate_config(cfg, sample_heads=sample_heads, sample_blocks=sample_blocks, max_waste=max_waste,
                                  numerics=not no_numerics, seed=seed, kernel_check=kernel_check,

@@ -49,6 +49,7 @@ from compactsearch._schema import number as _number
 from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
+from compactsearch.limits import check_caps, check_video_shape
 from compactsearch.tiling import BLOCK_SIZES
 
 __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default_recipe_path"]
@@ -249,6 +250,10 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
     dense_warmup = _int(p.get("dense_warmup", 0), "profile.dense_warmup", 0)
     if dense_warmup > steps:
         raise _fail("profile.dense_warmup", f"{dense_warmup} is more than sampling.steps ({steps})")
+    size = {k: _int(v[k], f"video.{k}", 1) for k in ("frames", "height", "width")}
+    check_caps({f"video.{k}": x for k, x in size.items()}
+               | {"sampling.steps": steps, "sampling.max_sequence_length": msl}, "")
+    check_video_shape(size["frames"], size["height"], size["width"], "video")
     return Recipe(
         name=_str(d.get("name", Path(source).stem or "recipe"), "name"),
         model_id=_str(m["id"], "model.id"),

@@ -6,7 +6,8 @@ the output is never decoded). The prompt's block mass per (bucket, layer) — th
 profiled steps — goes to ``<out>.work/prompt_<i>.safetensors``, written atomically. ``resume=True`` skips
 prompts whose file exists (and was made by the same recipe and prompts: ``<out>.work/work.yaml`` holds their
 fingerprint). The profile is then the mean over the prompt files, saved with `Profile.save` (atomic), and the
-work directory is removed. The result is the same whether a run was resumed or not, since the profile is
+work directory is removed; a run that fails removes it too unless it holds finished prompts (kept for
+``--resume``). The result is the same whether a run was resumed or not, since the profile is
 always built from the files.
 
 Several processes (``torchrun --nproc-per-node N -m compactsearch profile RECIPE``): rank ``r`` takes prompts
@@ -132,6 +133,12 @@ def _prepare_work_dir(work: Path, recipe: Recipe, resume: bool) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     atomic_write_text(manifest, dump_yaml({"fingerprint": fp, "recipe": recipe.source, "prompts": len(recipe.prompts)}))
+
+
+def _drop_empty_work_dir(work: Path) -> None:
+    """After a failed run: remove the work directory unless it holds finished prompts (kept for --resume)."""
+    if work.is_dir() and not any(work.glob("prompt_*.safetensors")):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _save_prompt(path: Path, i: int, recipe: Recipe, cap: PromptCapture, sink: BlockMassCapture) -> None:
@@ -331,6 +338,8 @@ def run_profile(
     except Exception as e:  # stop every rank together, then re-raise here
         failed = e
     if _broadcast_error(world, rank, failed is not None):
+        if rank == 0:
+            _drop_empty_work_dir(work)
         if failed is not None:
             raise failed
         raise InputError("another rank failed; see its error above, then run again with --resume")
@@ -354,6 +363,9 @@ def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: s
         pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
                              base_dir=Path(recipe.base_dir))
     _check_switch(recipe, expert_switch_step(pipe, recipe.steps))
+    from compactsearch.adapters.registry import check_video_size  # the recipe's sizes against VAE and patches
+
+    check_video_size(pipe, adapter, recipe.frames, recipe.height, recipe.width)
     sink = BlockMassCapture(recipe.bucket_of_step(), branch=recipe.branch, tile=recipe.tile,
                             block_size=recipe.block_size, sample_layers=recipe.sample_layers,
                             sample_heads=recipe.sample_heads, one_pass=one_pass, timer=timer)

@@ -31,12 +31,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compactsearch import __version__
+from compactsearch import __version__, _schema
 from compactsearch._io import atomic_dir, dump_yaml, read_yaml, sha256_file
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
+from compactsearch.limits import check_attention_shape, check_caps
 from compactsearch.profile.stats import head_stats
-from compactsearch.tiling import TileLayout, default_tile_shape
+from compactsearch.tiling import BLOCK_SIZES, TileLayout, default_tile_shape
 
 __all__ = ["Profile", "PROFILE_FORMAT"]
 
@@ -113,9 +114,15 @@ class Profile:
             raise InputError(f"profile {self.root} is incomplete: {path.name} is missing; re-run the profile")
         try:
             with safe_open(str(path), framework="pt") as f:
-                return f.get_tensor(key) if key in f.keys() else None
+                t = f.get_tensor(key) if key in f.keys() else None
         except Exception as e:  # safetensors raises several types for damaged files
             raise InputError(f"profile {self.root} is corrupt: {path.name} cannot be read ({e})") from e
+        if t is not None and key in ("mass", "per_prompt") and not bool(((t >= 0) & torch.isfinite(t)).all()):
+            what = "per-prompt block mass" if key == "per_prompt" else "block mass"
+            raise InputError(f"profile {self.root} is corrupt: the {what} of bucket {bucket}, layer {layer} "
+                             f"({path.name}) contains NaN, inf or negative values (mass is a sum of softmax "
+                             "weights); re-run the profile")
+        return t
 
     def mass(self, bucket: int, layer: int) -> torch.Tensor:
         """Mean block mass over prompts, ``[H, NQB, NKB]`` float32."""
@@ -346,6 +353,10 @@ class Profile:
         if meta.get("format") != PROFILE_FORMAT:
             raise InputError(f"profile {directory}: format must be {PROFILE_FORMAT!r}, got {meta.get('format')!r}")
         try:
+            _check_meta(meta)
+        except InputError as e:
+            raise InputError(f"profile {directory}/profile.yaml: {e}") from e
+        try:
             g = meta["geometry"]
             geometry = VideoGeometry(g["frames"], g["height"], g["width"], g.get("text_tokens", 0),
                                      g.get("text_position", "none"))
@@ -382,3 +393,43 @@ class Profile:
             except Exception as e:
                 raise InputError(f"profile {directory} is corrupt: stats.parquet cannot be read ({e})") from e
         return prof
+
+
+def _check_meta(meta: dict) -> None:
+    """Check the shape fields of profile.yaml before anything is built from them (the memory limit included)."""
+    g = _schema.mapping(meta.get("geometry"), "geometry", {"frames", "height", "width"},
+                        {"text_tokens", "text_position"}, top="profile.yaml")
+    for k in ("frames", "height", "width"):
+        _schema.integer(g[k], f"geometry.{k}", 1)
+    _schema.integer(g.get("text_tokens", 0), "geometry.text_tokens", 0)
+    layers = _schema.integer(meta.get("layers"), "layers", 1)
+    heads = _schema.integer(meta.get("heads"), "heads", 1)
+    t = _schema.mapping(meta.get("tiling"), "tiling", {"tile", "block_size"}, top="profile.yaml")
+    for i, x in enumerate(_schema.lst(t["tile"], "tiling.tile", 3)):
+        _schema.integer(x, f"tiling.tile[{i}]", 1)
+    block_size = _schema.integer(t["block_size"], "tiling.block_size", 1)
+    if block_size not in BLOCK_SIZES:
+        raise _schema.fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    steps = _schema.integer(meta.get("steps"), "steps", 1)
+    check_caps({"frames": g["frames"], "height": g["height"], "width": g["width"],
+                "text_tokens": g.get("text_tokens", 0)}, "geometry")
+    check_caps({"layers": layers, "heads": heads, "steps": steps}, "")
+    raw = _schema.lst(meta.get("buckets"), "buckets")
+    if not raw:
+        raise _schema.fail("buckets", "needs at least one step range")
+    prev = 0
+    for i, b in enumerate(raw):
+        b = _schema.lst(b, f"buckets[{i}]", 2)
+        lo, hi = _schema.integer(b[0], f"buckets[{i}][0]", 0), _schema.integer(b[1], f"buckets[{i}][1]", 0)
+        if not prev <= lo < hi <= steps:
+            raise _schema.fail(f"buckets[{i}]", f"[{lo}, {hi}) must be non-empty, ascending and within steps ({steps})")
+        prev = hi
+    model = meta.get("model") or {}
+    head_dim = model.get("head_dim", 0) if isinstance(model, dict) else 0
+    head_dim = _schema.integer(head_dim if head_dim is not None else 0, "model.head_dim", 0)
+    check_caps({"head_dim": head_dim}, "model")
+    text = g.get("text_tokens", 0)
+    seq = g["frames"] * g["height"] * g["width"] + text
+    prompts = meta.get("prompts") or []
+    n_prompts = len(prompts) if meta.get("per_prompt") and isinstance(prompts, list) else 0
+    check_attention_shape(seq, block_size, heads, head_dim or 128, "profile.yaml", prompts=n_prompts)

@@ -23,6 +23,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -354,13 +355,19 @@ def build_report(
     meta = page.meta()
     html = render_page("compactsearch report: " + str(profile.model.get("id") or profile.root or "profile"), meta,
                        notes, sections)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     figs = page.figures
-    with atomic_dir(out / "figures") as tmp:
-        for f in figs:
-            (tmp / f.filename).write_bytes(f.png)
     html_path = out / "report.html"
-    atomic_write_text(html_path, html)
+    try:
+        with atomic_dir(out / "figures") as tmp:
+            for f in figs:
+                (tmp / f.filename).write_bytes(f.png)
+        atomic_write_text(html_path, html)
+    except BaseException:
+        if created:  # a failed write (a full disk) leaves no partial --out that this run created
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return ReportResult(html_path, tuple(out / "figures" / f.filename for f in figs), time.perf_counter() - t0,
                         page.summary, tuple(notes))
 

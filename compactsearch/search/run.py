@@ -11,12 +11,18 @@ gives the same config as an uninterrupted one.
 The run key hashes what a head's result depends on (profile content hash, per-head settings, seed, held-out
 prompts, tool version), not the budget: a finished search can be re-allocated at another budget from storage.
 
-Storage: SQLite next to the output by default (``<out>.optuna.db``; write-ahead logging); without ``--resume`` a
-previous default database is replaced. With ``--storage URL`` several processes or machines share one
-relational database: each claims a unit (a study ``{key}:claim:b{B}:l{L}``, created atomically) before working
-on it; a claim whose owner is a dead process on this host, or older than `STALE_CLAIM_S`, is taken over.
-Trials are kept in memory unless ``keep_trials`` (writing a trial costs ~15 ms in SQLite, more than searching
-a head).
+Storage: SQLite next to the output by default (``<out>.optuna.db``; write-ahead logging). A search never deletes
+a database it did not create: an existing default database is continued with ``resume`` or deleted with
+``fresh`` and otherwise refused; a lock file (``<out>.optuna.db.lock``, `fcntl.flock`) makes a second search on
+the same output refuse while the first runs; a database this run created is removed again when the run fails
+before storing a head. With ``--storage URL`` several processes or machines share one relational database:
+each claims a unit (a study ``{key}:claim:b{B}:l{L}``, created atomically) before working on it and renews the
+claim every `HEARTBEAT_S` seconds from a background thread; a claim whose owner is a dead process on this host,
+or whose heartbeat is older than `STALE_CLAIM_S` (45 s; ``COMPACTSEARCH_CLAIM_TIMEOUT_S`` overrides it), is
+taken over. A claim is deleted when its unit's heads are stored, and every claim study of the run when all
+heads are done. Workers are named ``host:pid`` in claims (``COMPACTSEARCH_WORKER_ID`` overrides it, for hosts
+that share a name). Trials are kept in memory unless ``keep_trials`` (writing a trial costs ~15 ms in SQLite,
+more than searching a head).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 import multiprocessing
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -53,13 +60,29 @@ from compactsearch.search.study import SAMPLERS, HeadResult, HeadSettings, searc
 
 __all__ = [
     "SearchSettings", "SearchOutcome", "run_search", "default_storage", "head_name", "summary_from_blocks",
-    "STALE_CLAIM_S",
+    "STALE_CLAIM_S", "HEARTBEAT_S",
 ]
 
 OBJECTIVES = ("auto", "fidelity", "recall")
-STALE_CLAIM_S = 900.0
-OWNERLESS_CLAIM_S = 60.0
+STALE_CLAIM_S = 45.0
+OWNERLESS_CLAIM_S = 45.0
 DEFAULT_HEAD_DIM = 128
+HEARTBEAT_S = 10.0
+
+
+def _claim_timeout() -> tuple[float, float]:
+    """``(stale after, heartbeat every)`` seconds: `STALE_CLAIM_S` / `HEARTBEAT_S`, or from
+    ``COMPACTSEARCH_CLAIM_TIMEOUT_S`` (heartbeat a quarter of it)."""
+    raw = os.environ.get("COMPACTSEARCH_CLAIM_TIMEOUT_S")
+    if not raw:
+        return STALE_CLAIM_S, HEARTBEAT_S
+    try:
+        t = float(raw)
+    except ValueError:
+        t = math.nan
+    if not math.isfinite(t) or t < 2:
+        raise InputError(f"COMPACTSEARCH_CLAIM_TIMEOUT_S must be a number of seconds >= 2, got {raw!r}")
+    return t, t / 4
 
 
 @dataclass(frozen=True)
@@ -172,6 +195,9 @@ def _is_race(e: Exception) -> bool:
     return any(k in msg for k in ("unique constraint", "already exists", "locked", "duplicate"))
 
 
+_OPEN_STORES: list = []  # the storages the running search opened (`run_search` closes them when it returns)
+
+
 class _Store:
     """The Optuna storage of one run: per-head result studies and per-unit claims."""
 
@@ -197,11 +223,25 @@ class _Store:
 
             sqlalchemy.event.listen(self.storage.engine, "connect", _pragmas)
             self.storage.engine.dispose()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        _OPEN_STORES.append(self)  # closed when run_search returns
+        self.owner = os.environ.get("COMPACTSEARCH_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
         self._ownerless: dict[str, float] = {}
+        self.stale_s, self.heartbeat_s = _claim_timeout()
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _name(self, b: int, l: int, h: int) -> str:
         return f"{self.key}:b{b}:l{l}:h{h}"
+
+    def close(self) -> None:
+        """Close the database connections (a finished or failed run keeps no file open)."""
+        try:
+            self.storage.remove_session()
+            self.storage.engine.dispose()
+        except Exception:  # closing a storage that already failed: nothing more to release
+            pass
 
     def done(self) -> dict[tuple[int, int, int], HeadResult]:
         out = {}
@@ -214,14 +254,23 @@ class _Store:
 
     def write(self, r: HeadResult) -> None:
         name = self._name(r.bucket, r.layer, r.head)
-        try:  # a study left by a killed run (no result yet): start it over
-            optuna.delete_study(study_name=name, storage=self.storage)
-        except KeyError:
-            pass
-        study = optuna.create_study(storage=self.storage, study_name=name, directions=["maximize", "minimize"])
-        if r.study_trials:
-            study.add_trials(r.study_trials)
-        study.set_user_attr("result", r.to_dict())
+        for _ in range(3):
+            try:
+                old = optuna.load_study(study_name=name, storage=self.storage)
+                if "result" in old.user_attrs:
+                    return  # another worker stored this head already (the same result: searches are pure)
+                optuna.delete_study(study_name=name, storage=self.storage)  # left by a killed run: start over
+            except KeyError:
+                pass
+            try:
+                study = optuna.create_study(storage=self.storage, study_name=name,
+                                            directions=["maximize", "minimize"])
+            except optuna.exceptions.DuplicatedStudyError:
+                continue  # another worker is writing the same head right now: look again
+            if r.study_trials:
+                study.add_trials(r.study_trials)
+            study.set_user_attr("result", r.to_dict())
+            return
 
     # claims ---------------------------------------------------------------------------------------------
     def claim(self, b: int, l: int) -> bool:
@@ -232,6 +281,8 @@ class _Store:
                 s = optuna.create_study(storage=self.storage, study_name=name)
                 s.set_user_attr("owner", self.owner)
                 s.set_user_attr("time", time.time())
+                with self._lock:
+                    self._held.add(name)
                 return True
             except optuna.exceptions.DuplicatedStudyError:
                 if not self._stale(name):
@@ -261,7 +312,80 @@ class _Store:
                 return True
             except PermissionError:
                 pass
-        return time.time() - t > STALE_CLAIM_S
+        return time.time() - t > self.stale_s
+
+    def left(self, b: int, l: int, heads: list[int]) -> list[int]:
+        """The heads of unit (b, l) among ``heads`` with no stored result (another worker may have stored some
+        and released its claim since this worker listed its units)."""
+        out = []
+        for h in heads:
+            try:
+                sid = self.storage.get_study_id_from_name(self._name(b, l, h))
+                if "result" in self.storage.get_study_user_attrs(sid):
+                    continue
+            except KeyError:
+                pass
+            out.append(h)
+        return out
+
+    def release(self, b: int, l: int) -> None:
+        """Delete this worker's claim of unit (b, l) (its heads are stored)."""
+        name = f"{self.key}:claim:b{b}:l{l}"
+        with self._lock:
+            held = name in self._held
+            self._held.discard(name)
+        if held:
+            try:
+                optuna.delete_study(study_name=name, storage=self.storage)
+            except KeyError:
+                pass
+
+    def drop_claims(self) -> None:
+        """Delete every claim study of this run (all its heads are stored; leftovers of dead workers too)."""
+        prefix = f"{self.key}:claim:"
+        for s in self.storage.get_all_studies():
+            if s.study_name.startswith(prefix):
+                try:
+                    optuna.delete_study(study_name=s.study_name, storage=self.storage)
+                except KeyError:
+                    pass
+
+    # heartbeat ------------------------------------------------------------------------------------------
+    def __enter__(self) -> _Store:
+        """Start renewing this worker's claims every `heartbeat_s` seconds."""
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="compactsearch-claim-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=30)
+        self._beat = None
+        with self._lock:  # a failed run gives its units back at once (a finished one has released them all)
+            names, self._held = sorted(self._held), set()
+        for name in names:
+            try:
+                optuna.delete_study(study_name=name, storage=self.storage)
+            except Exception:  # the storage itself may be what failed; the claims then go stale
+                pass
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with self._lock:
+                names = sorted(self._held)
+            for name in names:
+                try:
+                    sid = self.storage.get_study_id_from_name(name)
+                    if self.storage.get_study_user_attrs(sid).get("owner") != self.owner:
+                        raise KeyError(name)  # taken over while this worker was stalled
+                    self.storage.set_study_user_attr(sid, "time", time.time())
+                except KeyError:
+                    with self._lock:
+                        self._held.discard(name)
+                except Exception:  # a storage hiccup: the next beat tries again (the claim lasts stale_s)
+                    pass
 
 
 # ------------------------------------------------------------------------------------------------- workers
@@ -350,6 +474,7 @@ def run_search(
     keep_trials: bool = False,
     progress: Callable[[int, int], None] | None = None,
     arguments: dict | None = None,
+    fresh: bool = False,
 ) -> SearchOutcome:
     """Search every head of ``profile``, allocate the budget, write the config to ``out``.
 
@@ -358,22 +483,122 @@ def run_search(
         settings: the search settings (checked here).
         out: config path (written atomically).
         storage: Optuna RDB URL; default SQLite `default_storage(out)`.
-        resume: continue the run stored in the default SQLite file instead of replacing it.
+        resume: continue the run stored in the default SQLite file (without it, or ``fresh``, an existing one is
+            refused).
+        fresh: delete an existing default SQLite file first and start over.
         workers: processes searching units in parallel (1: in this process).
         cost_model: measured kernel cost model; default cost = blocks computed.
         keep_trials: also store every Optuna trial (slow).
         progress: ``progress(heads_done, heads_total)`` after each stored head.
         arguments: the command line's arguments, recorded in the provenance.
     """
+    if resume and fresh:
+        raise InputError("--resume continues the stored search and --fresh deletes it: give one of them")
+    if fresh and storage is not None:
+        raise InputError("--fresh deletes the default SQLite database; with --storage, delete the studies in that "
+                         "database yourself (or use another database)")
     threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
     torch.set_num_threads(1)  # small tensor ops: one thread is several times faster than two here
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = _DefaultDatabase(default_storage(out)) if storage is None else None
+    opened = len(_OPEN_STORES)
     try:
+        if db is not None:
+            db.open(resume, fresh)
         return _run_search(profile, settings, out, storage, resume, workers, cost_model, keep_trials, progress,
                            arguments)
+    except BaseException:
+        while len(_OPEN_STORES) > opened:  # close before removing the files
+            _OPEN_STORES.pop().close()
+        if db is not None:
+            db.drop_if_unused()
+        raise
     finally:
+        while len(_OPEN_STORES) > opened:
+            _OPEN_STORES.pop().close()
+        if db is not None:
+            db.close()
         torch.set_num_threads(threads)
         optuna.logging.set_verbosity(verbosity)
+
+
+class _DefaultDatabase:
+    """The default SQLite file of one output: locked for the run, never deleted unless this run made it (and
+    stored nothing in it) or ``fresh`` asks for it."""
+
+    SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.fd: int | None = None
+        self.created = False
+
+    def _files(self) -> list[Path]:
+        return [Path(str(self.path) + s) for s in self.SUFFIXES]
+
+    def open(self, resume: bool, fresh: bool) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:  # lock a file that is still the lock file (a finishing run unlinks it after unlocking)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise InputError(f"another search ({holder}) is running with {self.path}; wait for it to finish "
+                                 "or write to another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        existing = [p for p in self._files() if p.exists()]
+        if existing and fresh:
+            for p in existing:
+                p.unlink()
+        elif existing and not resume:
+            raise InputError(f"{self.path} holds an earlier search for this output: add --resume to continue it, "
+                             "or --fresh to delete it and start over")
+        self.created = not self.path.exists()
+
+    def drop_if_unused(self) -> None:
+        """After a failure: remove the database when this run created it and stored no head in it."""
+        if self.fd is None or not self.created or not self.path.exists():
+            return
+        try:
+            import sqlite3
+
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+            try:
+                stored = con.execute("SELECT count(*) FROM study_user_attributes WHERE key = 'result'").fetchone()[0]
+            finally:
+                con.close()
+        except Exception:  # unreadable (a full disk cut it short): nothing in it can be used
+            stored = 0
+        if not stored:
+            for p in self._files():
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        try:
+            self.lock_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
 
 def _run_search(profile, settings, out, storage, resume, workers, cost_model, keep_trials, progress, arguments):
@@ -421,13 +646,8 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
                          f"attention; use --budget >= {least:g}")
 
     key = _run_key(profile, settings, split)
-    if storage is None:
+    if storage is None:  # run_search holds its lock and has refused or removed an earlier database
         db = default_storage(out)
-        if not resume:
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(db) + suffix)
-                if p.exists():
-                    p.unlink()
         db.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{db.resolve()}"
     else:
@@ -469,6 +689,7 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
     if missing:
         raise InputError(f"{len(missing)} heads were not searched (first: {head_name(*missing[0])}); re-run with "
                          "--resume")
+    store.drop_claims()
 
     config, summary, below = _build_config(profile, profile_path, settings, results, min_warmup, to_cost, split,
                                            cost_model, key, arguments or {})
@@ -480,6 +701,11 @@ def _run_search(profile, settings, out, storage, resume, workers, cost_model, ke
 
 def _run_units(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
     """Claim and run units; wait for units other processes hold, taking stale claims over."""
+    with store:  # renews this worker's claims while units run
+        _run_units_claimed(units, store, store_unit, run_inline, pool_spec)
+
+
+def _run_units_claimed(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
     pending = list(units)
     deferred = []
     if run_inline is not None:
@@ -490,7 +716,10 @@ def _run_units(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
                 continue
             u = pending.pop(0)
             if store.claim(u[0], u[1]):
-                store_unit(run_inline(u))
+                u = (u[0], u[1], store.left(*u))
+                if u[2]:
+                    store_unit(run_inline(u))
+                store.release(u[0], u[1])
             else:
                 deferred.append(u)
         return
@@ -500,7 +729,11 @@ def _run_units(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
         while pending and len(running) < 2 * workers:
             u = pending.pop(0)
             if store.claim(u[0], u[1]):
-                running[pool.submit(_search_unit, *u)] = u
+                u = (u[0], u[1], store.left(*u))
+                if u[2]:
+                    running[pool.submit(_search_unit, *u)] = u
+                else:
+                    store.release(u[0], u[1])
             else:
                 deferred.append(u)
         if not running:
@@ -509,8 +742,9 @@ def _run_units(units, store: _Store, store_unit, run_inline, pool_spec) -> None:
             continue
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for f in done:
-            running.pop(f)
+            u = running.pop(f)
             store_unit(f.result())
+            store.release(u[0], u[1])
         if not pending and deferred and not running:
             pending, deferred = _recheck(store, deferred), []
 

@@ -353,7 +353,8 @@ def evaluate(
         s = sparse_timers[name].summary()
         results.append(ConfigResult(
             name=name,
-            density=float(summarize(*ran[name])["density"]) if name in ran else float(summarize(cfg)["density"]),
+            density=float(summarize(ran[name][0], num_steps=ran[name][1])["density"] if name in ran
+                          else summarize(cfg)["density"]),
             psnr=_mean([r["psnr"] for r in rows[name]]),
             ssim=_mean([r["ssim"] for r in rows[name]]),
             lpips=_mean([r.get("lpips") for r in rows[name]]),

@@ -39,17 +39,18 @@ def test_e2e_runs_one_family_at_tiny_size(tmp_path, capsys):
 
 
 def test_e2e_all_dense_config_and_pattern_diff(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("schedule: {steps: 4, dense_warmup: 2}\nbuckets:\n- steps: [2, 4]\n  layers:\n  - layer: 0\n"
-                   "    heads:\n    - {head: 0, groups: [{dt: [0, 1], windows: [[1, 3]]}], density: 0.3}\n"
-                   "    - {head: 1, pattern: dense}\n")
-    dense = e2e._all_dense_config(cfg, tmp_path / "d.yaml")
-    import yaml
+    from compactsearch.config import load_config
+    from tests.conftest import small_config
 
-    d = yaml.safe_load(dense.read_text())
-    assert d["schedule"]["dense_warmup"] == 0 and d["buckets"][0]["steps"] == [0, 4]
-    assert d["buckets"][0]["layers"][0]["heads"] == [{"head": 0, "pattern": "dense"}, {"head": 1, "pattern": "dense"}]
-    assert e2e._pattern_changes(cfg, dense) == {"heads": 2, "changed": 1, "dense_warmup": [2, 0]}
+    cfg = tmp_path / "c.yaml"
+    src = small_config()  # warm-up 0.2 of 10 steps, buckets [0.2, 0.6) and [0.6, 1.0), 2 layers x 3 heads, 1 dense
+    src.save(cfg)
+    dense = load_config(e2e._all_dense_config(cfg, tmp_path / "d.yaml"))
+    assert dense.dense_warmup == 0 and dense.bucket_steps(0) == (0, 6) and dense.bucket_steps(1) == (6, 10)
+    assert all(h.pattern.is_dense for b in dense.buckets for lc in b.layers for h in lc.heads)
+    changed = sum(not h.pattern.is_dense for b in src.buckets for lc in b.layers for h in lc.heads)
+    assert e2e._pattern_changes(cfg, tmp_path / "d.yaml") == {"heads": 12, "changed": changed,
+                                                              "dense_warmup": [0.2, 0.0]}
 
 
 def test_cost_model_fit_recovers_the_model_and_search_reads_the_file(tmp_path):

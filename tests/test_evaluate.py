@@ -95,7 +95,8 @@ def test_evaluate_dense_config_is_exact_and_sparse_is_not(tmp_path):
     assert rep.seeds == (0, 1) and len(res["sparse"].per_prompt) == 2
     assert res["dense"].psnr > 80 and res["dense"].ssim == pytest.approx(1.0, abs=1e-6)
     assert res["sparse"].psnr < res["dense"].psnr and res["sparse"].ssim < 1.0
-    assert res["dense"].density == 1.0 and res["sparse"].density == pytest.approx(1 / 3, abs=1e-4)
+    # whole run: 1 dense warm-up step of 4, then 3 steps at 1/3 (each frame sees its own frame)
+    assert res["dense"].density == 1.0 and res["sparse"].density == pytest.approx((1 + 3 / 3) / 4, abs=1e-4)
     assert rep.dense_attention_s_per_step > 0 and res["sparse"].attention_s_per_step > 0
     assert len(rep.videos) == 4 and all(iio.imread(p, index=None).shape[0] == 3 for p in rep.videos)
     data = rep.to_json()
@@ -105,15 +106,15 @@ def test_evaluate_dense_config_is_exact_and_sparse_is_not(tmp_path):
 def test_evaluate_and_generate_cli_errors(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     make_config(WAN_GEOMETRY, 2, 2, 16, [OWN_FRAME]).save(cfg)
-    wrong = tmp_path / "wrong.yaml"
-    make_config(VideoGeometry(3, 4, 8), 2, 2, 16, [OWN_FRAME]).save(wrong)
+    wrong = tmp_path / "wrong.yaml"  # another model: 3 layers (another grid or step count would be retargeted)
+    make_config(WAN_GEOMETRY, 3, 2, 16, [OWN_FRAME]).save(wrong)
     cases = [
         (["evaluate", RECIPE, "--config", cfg], "has no holdout_prompts"),
         (["evaluate", RECIPE, "--config", tmp_path / "none.yaml", "--prompts", RECIPE], "does not exist"),
         (["generate", RECIPE, "--prompt", "a cat", "--out", tmp_path / "x.gif", "--compare"], "--compare needs"),
         (["generate", RECIPE, "--prompt", "a cat", "--out", tmp_path / "x.avi"], "write a .gif or an .mp4"),
         (["generate", RECIPE, "--prompt", "a cat", "--out", tmp_path / "x.gif", "-c", wrong],
-         "3x4x8 token grid, the pipeline call has 3x8x8"),
+         "the config is for 3 self-attention layers"),
     ]
     for args, msg in cases:
         code, _, err = cli(capsys, *args)

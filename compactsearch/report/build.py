@@ -583,12 +583,12 @@ class _Page:
         eff = d.recall / np.maximum(d.oracle, 1e-300)
         series = [(self._cfg_title(ci), eff[ci]) for ci in range(len(c.buckets))]
         s.items.append(self._fig(F.efficiency_figure(series), "04b-efficiency.png",
-                                 "Every head's pattern efficiency, sorted, per config bucket.",
+                                 "Every head's pattern efficiency, sorted, per bucket.",
                                  "pattern efficiency of every head, sorted"))
         grids = [(self._cfg_title(ci), 1.0 - eff[ci]) for ci in range(len(c.buckets))]
         s.items.append(self._fig(F.value_heatmaps(grids, "Recall lost to the pattern language",
                                                   "1 - pattern efficiency", ".3f"), "04c-efficiency-heads.png",
-                                 "1 - pattern efficiency per (layer, head), per config bucket (0: the pattern keeps "
+                                 "1 - pattern efficiency per (layer, head), per bucket (0: the pattern keeps "
                                  "what the oracle keeps).", "pattern efficiency heatmaps"))
         for ci in range(len(c.buckets)):
             rows = []

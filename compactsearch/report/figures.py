@@ -275,7 +275,7 @@ def value_heatmaps(grids: Sequence[tuple[str, np.ndarray]], title: str, unit: st
 
 
 def efficiency_figure(series: Sequence[tuple[str, np.ndarray]]) -> Figure:
-    """Heads by pattern efficiency: per config bucket, every head's efficiency (recall / the oracle's recall at
+    """Heads by pattern efficiency: per bucket, every head's efficiency (recall / the oracle's recall at
     the same density), sorted ascending, so the heads the pattern language fits worst sit on the left."""
     fig = Figure(figsize=(7.0, 3.2), layout="constrained")
     ax = fig.subplots()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+import compact_attn
 from compact_attn.mask import BlockSparseMask
 from compactsearch.config import Config
 from compactsearch.errors import InputError
@@ -27,7 +28,7 @@ from compactsearch.validation import Check
 __all__ = ["make_kernel_check", "KERNEL_MODES"]
 
 KERNEL_MODES = ("none", "interpret", "triton")
-KERNEL_HEAD_DIMS = (64, 128)  # what compact_attn.block_sparse_attention takes
+KERNEL_HEAD_DIMS = compact_attn.HEAD_DIMS
 
 
 def _masked_rows(q, k, v, dense_blocks, rows, block_q, block_k, dtype):

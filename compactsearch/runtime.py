@@ -53,7 +53,7 @@ from compactsearch.tiling import TileLayout
 
 __all__ = ["apply", "SparseRuntime", "AttentionTimer", "timed_dense", "check_pipeline", "KERNEL_HEAD_DIMS"]
 
-KERNEL_HEAD_DIMS = (64, 128)
+KERNEL_HEAD_DIMS = compact_attn.HEAD_DIMS
 
 
 # ------------------------------------------------------------------------------------------------- timing

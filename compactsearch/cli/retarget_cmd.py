@@ -70,7 +70,8 @@ def retarget(
     if grid is not None:
         thw = _triple(grid, "--grid")
     elif video is not None:
-        thw = token_grid(cfg, *_triple(video, "--video"))
+        pixels = _triple(video, "--video")
+        thw = token_grid(cfg, *pixels)
     elif profile is not None:
         from compactsearch.profile import Profile
 
@@ -85,8 +86,7 @@ def retarget(
         steps = steps or prof.num_steps
     new = run_retarget(cfg, thw, steps, rule, text_tokens=text, tiling=tiling)
     if video is not None:  # the pixel size, so that a later --video checks the factors against it
-        new = replace(new, provenance={**new.provenance, "video": dict(
-            zip(("frames", "height", "width"), _triple(video, "--video")))})
+        new = replace(new, provenance={**new.provenance, "video": dict(zip(("frames", "height", "width"), pixels))})
     new.save(out)
     s = new.summary
     console.print(f"{config}: {cfg.geometry.describe()}, tile {list(cfg.tile)}/{cfg.block_size}, {cfg.num_steps} "

@@ -235,6 +235,13 @@ class _Store:
     def _name(self, b: int, l: int, h: int) -> str:
         return f"{self.key}:b{b}:l{l}:h{h}"
 
+    def _drop(self, name: str) -> None:
+        """Delete a study that another process may have deleted already."""
+        try:
+            optuna.delete_study(study_name=name, storage=self.storage)
+        except KeyError:
+            pass
+
     def close(self) -> None:
         """Close the database connections (a finished or failed run keeps no file open)."""
         try:
@@ -259,9 +266,10 @@ class _Store:
                 old = optuna.load_study(study_name=name, storage=self.storage)
                 if "result" in old.user_attrs:
                     return  # another worker stored this head already (the same result: searches are pure)
-                optuna.delete_study(study_name=name, storage=self.storage)  # left by a killed run: start over
             except KeyError:
                 pass
+            else:
+                self._drop(name)  # left by a killed run: start over
             try:
                 study = optuna.create_study(storage=self.storage, study_name=name,
                                             directions=["maximize", "minimize"])
@@ -287,10 +295,7 @@ class _Store:
             except optuna.exceptions.DuplicatedStudyError:
                 if not self._stale(name):
                     return False
-                try:
-                    optuna.delete_study(study_name=name, storage=self.storage)
-                except KeyError:
-                    pass
+                self._drop(name)
         return False
 
     def _stale(self, name: str) -> bool:
@@ -335,20 +340,14 @@ class _Store:
             held = name in self._held
             self._held.discard(name)
         if held:
-            try:
-                optuna.delete_study(study_name=name, storage=self.storage)
-            except KeyError:
-                pass
+            self._drop(name)
 
     def drop_claims(self) -> None:
         """Delete every claim study of this run (all its heads are stored; leftovers of dead workers too)."""
         prefix = f"{self.key}:claim:"
         for s in self.storage.get_all_studies():
             if s.study_name.startswith(prefix):
-                try:
-                    optuna.delete_study(study_name=s.study_name, storage=self.storage)
-                except KeyError:
-                    pass
+                self._drop(s.study_name)
 
     # heartbeat ------------------------------------------------------------------------------------------
     def __enter__(self) -> _Store:

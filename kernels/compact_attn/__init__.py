@@ -23,7 +23,10 @@ import torch
 from compact_attn import reference
 from compact_attn.mask import BlockSparseMask
 
+HEAD_DIMS = (64, 128)  # the head dims the kernels take
+
 __all__ = [
+    "HEAD_DIMS",
     "BlockSparseMask",
     "reference",
     "block_sparse_attention",
@@ -75,7 +78,7 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
     B, H, N, D = q.shape
-    if D not in (64, 128):
+    if D not in HEAD_DIMS:
         raise ValueError(f"head dim must be 64 or 128, got {D}")
     if N == 0 or B == 0 or H == 0:
         raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")
@@ -111,7 +114,7 @@ def check_mass_inputs(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: i
     if k.device != q.device:
         raise ValueError(f"q and k must be on one device; got {q.device} and {k.device}")
     B, H, N, D = q.shape
-    if D not in (64, 128):
+    if D not in HEAD_DIMS:
         raise ValueError(f"head dim must be 64 or 128, got {D}")
     if N == 0 or B == 0 or H == 0:
         raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")

@@ -7,6 +7,7 @@ one query chunk's) row of scores at a time, except `masked_dense_attention`, whi
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -47,6 +48,8 @@ def block_sparse_attention(
     B, H, N, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     if q_blocks is None and N <= _WHOLE_ROWS_MAX_N:
+        if not return_lse:
+            return _block_sparse_sdpa(q, k, v, mask, scale)
         return _block_sparse_whole(q, k, v, mask, scale, return_lse)
     out = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
@@ -94,6 +97,26 @@ def _block_sparse_whole(q, k, v, mask: BlockSparseMask, scale: float, return_lse
         out[:, h] = torch.einsum("bqk,bkd->bqd", p, v[:, h].float()).to(q.dtype)
         lse[:, h] = row_lse
     return (out, lse) if return_lse else out
+
+
+_TOKEN_MASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mask -> its token mask, while it lives
+
+
+def _block_sparse_sdpa(q, k, v, mask: BlockSparseMask, scale: float) -> torch.Tensor:
+    """`block_sparse_attention` for small ``N`` without the logsumexp: PyTorch's fused attention in float32 over
+    the token mask (built once per mask object and kept on it), about 2x faster on a CPU than the einsum path,
+    which the runtime's CPU generations feel. Rows whose query block lists no key block give zeros."""
+    N = q.shape[2]
+    allowed = _TOKEN_MASKS.get(mask)
+    if allowed is None or allowed.device != q.device:
+        allowed = mask.token_mask().to(q.device)
+        _TOKEN_MASKS[mask] = allowed
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=allowed[None], scale=scale)
+    empty = (mask.kv_num_blocks.to(q.device) == 0).repeat_interleave(mask.block_q, -1)[:, :N]  # [H, N]
+    if bool(empty.any()):
+        out = out.masked_fill(empty[None, :, :, None], 0.0)
+    return out.to(q.dtype)
 
 
 def masked_dense_attention(

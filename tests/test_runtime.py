@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import compactsearch
-from compactsearch.adapters import get_adapter
+from compactsearch.adapters import adapter_names, get_adapter
 from compactsearch.adapters.wan import tiny_wan_pipeline
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.retarget import retarget
-from compactsearch.runtime import AttentionTimer, apply
+from compactsearch.runtime import AttentionTimer, apply, timed_dense
 from compactsearch.tinymodel.model import TINY_WAN_CONFIG, build_pipeline, build_transformer
 
 # tiny-random-wan at 128 x 128 px, 9 frames: latent 3 x 16 x 16 -> 3 x 8 x 8 tokens, 2 layers, 2 heads x 16
@@ -194,3 +194,16 @@ def test_padded_text_keys_stay_masked():
     assert torch.allclose(dense, before, atol=1e-5)
     assert (sparse - before).abs().max() > 1e-4
     assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("name", adapter_names())
+def test_dense_timer_sees_every_attention_call(name):
+    """The Amdahl limit comes from the timed dense attention: every family's every self-attention call counts."""
+    adapter = get_adapter(name)
+    model, inputs = adapter.tiny_transformer(0)
+    timer = AttentionTimer()
+    with torch.no_grad(), timed_dense(model, name, timer) as inst:
+        model(**inputs)
+        calls = len(inst.processors)
+    s = timer.summary()
+    assert calls > 0 and s["calls"] == calls and s["by_mode"]["dense"] > 0

@@ -16,6 +16,8 @@ Rows (median ms of ``--reps`` after a warm-up, CUDA events):
   scatter+copy   the output back to model order, then the processor's reshape (a copy)
   call           gathers + kernel + scatter + copy: the runtime's call
   call, fused    the same with the output scattered straight into a ``[B, N, H, D]`` buffer (reshape is a view)
+  permute        `compact_attn.permute`'s two kernels, gather and scatter (the runtime's call since 2026-12-02)
+  call, permute  the runtime's call with them
 The ``limit`` column is dense ms x density: a call at the ideal speed-up.
 """
 
@@ -37,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernel import build_masks  # noqa: E402
 
-from compact_attn import block_sparse_attention  # noqa: E402
+from compact_attn import block_sparse_attention, permute  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.kernel_bench import median_ms  # noqa: E402
 from compactsearch.tiling import TileLayout, default_tile_shape  # noqa: E402
@@ -83,10 +85,19 @@ def run(name: str, density: float, reps: int) -> dict:
         out.transpose(1, 2).index_copy_(2, perm, block_sparse_attention(*gathers(), mask))
         return out.reshape(B, N, H * D)
 
+    def permutes():
+        return permute.to_model_order(qt, perm), permute.to_tile_order(q, k, v, perm)
+
+    def call_permute():
+        o = block_sparse_attention(*permute.to_tile_order(q, k, v, perm), mask)
+        return permute.to_model_order(o, perm).transpose(1, 2).reshape(B, N, H * D)
+
     torch.testing.assert_close(call_fused(), call(), atol=0, rtol=0)
+    torch.testing.assert_close(call_permute(), call(), atol=0, rtol=0)
     row = {"setup": name, "tokens": N, "B x H x D": f"{B}x{H}x{D}", "density": round(mask.density(), 3)}
     for label, fn in (("dense", dense), ("gathers", gathers), ("kernel", kernel), ("scatter+copy", scatter_copy),
-                      ("call", call), ("call, fused", call_fused)):
+                      ("call", call), ("call, fused", call_fused), ("permute", permutes),
+                      ("call, permute", call_permute)):
         row[label] = median_ms(fn, reps)
     row["limit"] = row["dense"] * row["density"]
     return row
@@ -99,13 +110,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
     cols = ["setup", "tokens", "B x H x D", "density", "dense", "limit", "gathers", "kernel", "scatter+copy", "call",
-            "call, fused"]
-    print("| " + " | ".join(cols) + " | call / limit | fused / limit |")
+            "call, fused", "permute", "call, permute"]
+    print("| " + " | ".join(cols) + " | call / limit | permute call / limit |")
     print("|" + " --- |" * (len(cols) + 2))
     for name in args.setups:
         r = run(name, args.density, args.reps)
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-        print("| " + " | ".join(cells) + f" | {r['call'] / r['limit']:.2f} | {r['call, fused'] / r['limit']:.2f} |",
+        print("| " + " | ".join(cells) + f" | {r['call'] / r['limit']:.2f} | {r['call, permute'] / r['limit']:.2f} |",
               flush=True)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 import compact_attn
+from compact_attn import permute
 from compact_attn import reference as _reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters import AttentionCall, AttentionContext, get_adapter, install
@@ -250,11 +251,15 @@ class SparseRuntime:
             self._masks[key] = m.to(device)
         return self._masks[key]
 
-    def _perm(self, layout: TileLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _perm(self, layout: TileLayout, device: torch.device) -> torch.Tensor:
         key = (layout.geometry.text_tokens, str(device))
         if key not in self._perms:
-            self._perms[key] = (layout.perm.to(device), layout.inv_perm.to(device))
+            self._perms[key] = layout.perm.to(device)
         return self._perms[key]
+
+    @property
+    def _permute_backend(self) -> str:
+        return "reference" if self.backend == "reference" else "auto"
 
     def _kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask) -> torch.Tensor:
         if q.shape[-1] in KERNEL_HEAD_DIMS:
@@ -267,10 +272,10 @@ class SparseRuntime:
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bucket: int, layer: int,
                 text_tokens: int | None) -> torch.Tensor:
         layout = self.layout(text_tokens)
-        perm, inv = self._perm(layout, q.device)
+        perm = self._perm(layout, q.device)
         mask = self.mask(bucket, layer, q.device, text_tokens)
-        qt, kt, vt = (x.index_select(2, perm) for x in (q, k, v))
-        return self._kernel(qt, kt, vt, mask).index_select(2, inv)
+        qt, kt, vt = permute.to_tile_order(q, k, v, perm, backend=self._permute_backend)
+        return permute.to_model_order(self._kernel(qt, kt, vt, mask), perm, backend=self._permute_backend)
 
     # --------------------------------------------------------------------------------------- the seam
     def attend(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 import compact_attn
+from compact_attn import permute
 from compact_attn import reference as _reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters.base import AttentionCall
@@ -325,27 +326,32 @@ class BlockMassCapture:
                 layout = self.layout if n == N else self._prefix_layout(n)
                 sl = slice(i, i + 1)
                 with self._section("tile order", q.device):
-                    qt, kt, vt = (self._permute(layout, x[sl, :, :n]) for x in (q, k, v))
+                    perm = self._perm(layout, q.device)
+                    qt, kt, vt = permute.to_tile_order(q[sl, :, :n], k[sl, :, :n], v[sl, :, :n], perm)
                 with self._section("attention", q.device):
                     ot, lse = _attention_lse(qt, kt, vt, self._dense_mask(H, n, q.device))
                     if n < N:  # padded queries attend to the valid keys, as the model computes them
                         out[sl, :, n:] = torch.nn.functional.scaled_dot_product_attention(
                             q[sl, :, n:], k[sl, :, :n], v[sl, :, :n])
                 with self._section("tile order", q.device):
-                    out[sl, :, :n] = self._permute(layout, ot, inverse=True)
+                    out[sl, :, :n] = permute.to_model_order(ot, perm)
                 if i in items:
                     if n < N:  # the record's tensors span the whole padded sequence (padding at the end)
                         qt, kt, vt = (self._permute(self.layout, x[sl]) for x in (q, k, v))
                     self._record(call, bucket, i, q, qt, kt, vt, lse)
         return from_bhnd(out)
 
-    def _permute(self, layout: TileLayout, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        """``x`` ``[B, H, N, D]`` to tile order (or back), with the permutation kept on x's device (copying it
-        from the host on every call would synchronise the GPU each time)."""
-        key = ("perm", layout.geometry.seq_len, inverse, str(x.device))
+    def _perm(self, layout: TileLayout, device: torch.device) -> torch.Tensor:
+        """The layout's permutation, kept on the device (copying it from the host on every call would
+        synchronise the GPU each time)."""
+        key = ("perm", layout.geometry.seq_len, str(device))
         if key not in self._cache:
-            self._cache[key] = (layout.inv_perm if inverse else layout.perm).to(x.device)
-        return x.index_select(2, self._cache[key])
+            self._cache[key] = layout.perm.to(device)
+        return self._cache[key]
+
+    def _permute(self, layout: TileLayout, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, H, N, D]`` to tile order."""
+        return x.index_select(2, self._perm(layout, x.device))
 
     def _prefix_layout(self, n: int) -> TileLayout:
         """The layout of the same grid with only the valid text (``n`` tokens in all)."""

@@ -88,6 +88,7 @@ class AttentionContext:
             every item of a forward belongs to that forward's branch.
         step, timestep, forward_in_step, branch, expert, video_thw: set by the pre-hooks.
         experts_by_step: ``step -> expert`` seen so far in this pipeline call.
+        forward_memo: what the processors of one transformer forward share (emptied by every forward).
     """
 
     mode: str = "dense"
@@ -101,6 +102,7 @@ class AttentionContext:
     expert: int = 0
     video_thw: tuple[int, int, int] | None = None
     experts_by_step: dict = field(default_factory=dict)
+    forward_memo: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -111,10 +113,12 @@ class AttentionContext:
         self.step, self.timestep, self.forward_in_step = -1, None, 0
         self.branch, self.expert, self.video_thw = "cond", 0, None
         self.experts_by_step = {}
+        self.forward_memo = {}
 
     def on_forward(self, timestep: torch.Tensor | float, expert: int, video_thw: tuple[int, int, int]) -> None:
         """Advance the step counter (a new timestep value is a new step) and record the call's grid."""
         t = float(timestep.detach().float().flatten().max()) if torch.is_tensor(timestep) else float(timestep)
+        self.forward_memo = {}
         if self.timestep is None or t != self.timestep:
             self.step += 1
             self.timestep = t
@@ -159,6 +163,20 @@ class SelfAttentionProcessor:
                                f"plus {text_tokens} text tokens")
         geometry = VideoGeometry(t, h, w, text_tokens, text_position if text_tokens else "none")
         return AttentionCall(self.layer, geometry, key_valid, ctx.step, branch, branches, ctx.expert)
+
+    def _key_valid(self, attention_mask: torch.Tensor, batch: int, offset: int = 0) -> tuple[int, ...]:
+        """Per batch item, ``offset`` + the keys ``attention_mask`` keeps (``[B or 1, ..., keys]``, nonzero =
+        kept). Read to the host once per transformer forward, where every layer gets the same mask: a read per
+        layer would synchronise the GPU at every layer, and with an empty launch queue behind it each layer's
+        host-side work would show as GPU idle time (measured on Mochi at real size: 5 ms a layer)."""
+        key = ("key_valid", attention_mask.data_ptr(), attention_mask._version, tuple(attention_mask.shape), batch,
+               offset)
+        got = self.ctx.forward_memo.get(key)
+        if got is None:
+            valid = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1).expand(batch)
+            got = tuple(offset + int(x) for x in valid.tolist())
+            self.ctx.forward_memo[key] = got
+        return got
 
     def _attend(
         self,

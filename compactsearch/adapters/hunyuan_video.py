@@ -69,8 +69,7 @@ class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         key_valid = None
         if attention_mask is not None and n_txt:
-            valid = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
-            key_valid = tuple(int(x) for x in valid.expand(query.shape[0]))
+            key_valid = self._key_valid(attention_mask, query.shape[0])
         out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
                            lambda o: o.transpose(1, 2), text_tokens=n_txt, text_position="back", key_valid=key_valid)
         hidden_states = out.flatten(2, 3).to(query.dtype)

@@ -73,8 +73,7 @@ class MochiSelfAttnProcessor(SelfAttentionProcessor):
         if self.ctx.mode == "dense":  # through the mode switch (timers see the call), without the joint tensors
             out = self._attend(query, key, value, dense, lambda o: o)
         else:
-            valid = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
-            key_valid = tuple(sequence_length + int(x) for x in valid)
+            key_valid = self._key_valid(attention_mask, query.shape[0], offset=sequence_length)
             out = self._attend(torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2), dense,
                                lambda o: o, text_tokens=encoder_sequence_length, text_position="back",
                                key_valid=key_valid)

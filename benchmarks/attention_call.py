@@ -103,12 +103,39 @@ def run(name: str, density: float, reps: int) -> dict:
     return row
 
 
+def block_sizes(name: str, density: float, reps: int) -> dict:
+    """The kernel alone on masks of 128- and of 64-token blocks at one target density (each with its own
+    default tile shape): the speed `compactsearch.tiling.default_tiling` weighs against tiling waste."""
+    from kernel import choose_patterns
+
+    from compactsearch.patterns import build_layer_mask
+
+    geom, B, H, D = SETUPS[name]
+    N = geom.seq_len
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    row = {"setup": name}
+    for block in (128, 64):
+        layout = TileLayout(geom, default_tile_shape(geom, block), block)
+        pats = choose_patterns(f"{name}-b{block}", layout, [density])[density]
+        mask = build_layer_mask([pats[h % 3] for h in range(H)], layout).to("cuda")
+        row[f"density_{block}"] = round(mask.density(), 3)
+        row[f"ms_{block}"] = median_ms(lambda m=mask: block_sparse_attention(q, k, v, m), reps)
+    # time per computed token pair, 64-token blocks over 128-token blocks
+    row["pair_time_64_over_128"] = (row["ms_64"] / row["density_64"]) / (row["ms_128"] / row["density_128"])
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--density", type=float, default=0.3)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--block-sizes", action="store_true", help="the kernel alone at 128- and 64-token blocks")
     args = ap.parse_args()
+    if args.block_sizes:
+        for name in args.setups:
+            print(block_sizes(name, args.density, args.reps), flush=True)
+        return
     cols = ["setup", "tokens", "B x H x D", "density", "dense", "limit", "gathers", "kernel", "scatter+copy", "call",
             "call, fused", "permute", "call, permute"]
     print("| " + " | ".join(cols) + " | call / limit | permute call / limit |")

@@ -49,8 +49,10 @@ def sink_mask(H: int, thw: tuple[int, int, int], text_tokens: int, text: str, de
     """A layer mask from the pattern language, every head with sink key tiles (the default tile, 128-token
     blocks): sinks only, a local window plus sinks, a cross plus sinks, a frame-grouped head plus four sinks."""
     from compactsearch.geometry import VideoGeometry
-    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
-    from compactsearch.tiling import TileLayout, _best_tile
+    from compactsearch.masks import build_layer_mask
+    from compactsearch.patterns import FrameGroup, Pattern, Window
+    from compactsearch.tile_choice import _best_tile
+    from compactsearch.tiling import TileLayout
 
     geometry = VideoGeometry(*thw, text_tokens=text_tokens, text_position=text)
     layout = TileLayout(geometry, _best_tile(geometry, 128)[0], 128)  # the cases' kernel blocks: 128 tokens

@@ -29,7 +29,8 @@ from compactsearch.profile.store import Profile
 from compactsearch.retarget import RULES, retarget
 from compactsearch.search.evaluate import ExactScorer
 from compactsearch.search.run import SearchSettings, run_search
-from compactsearch.tiling import TileLayout, default_tiling
+from compactsearch.tile_choice import default_tiling
+from compactsearch.tiling import TileLayout
 
 ROW = "| {target} | {rule} | {density:.4f} | {recall:.4f} | {native_density:.4f} | {native_recall:.4f} | {delta:+.4f} |"
 

@@ -29,7 +29,8 @@ from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.search.evaluate import ExactScorer, HeadTables, LayoutTables  # noqa: E402
 from compactsearch.search.space import SearchSpace  # noqa: E402
 from compactsearch.search.study import HeadSettings, search_head  # noqa: E402
-from compactsearch.tiling import TileLayout, default_tiling  # noqa: E402
+from compactsearch.tile_choice import default_tiling  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
 
 
 def main() -> None:

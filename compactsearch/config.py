@@ -57,7 +57,8 @@ from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
-from compactsearch.patterns import MAX_SINKS, FrameGroup, Pattern, Window, build_layer_mask, build_masks
+from compactsearch.masks import build_layer_mask, build_masks
+from compactsearch.patterns import Pattern, pattern_from_yaml
 from compactsearch.schedule import StepPlan, fraction, plan_steps
 from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
@@ -224,67 +225,16 @@ def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
 
 
 def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
+    """A head's pattern: ``pattern: dense`` or ``groups`` (and ``sinks``), read by `pattern_from_yaml`."""
     if "pattern" in entry and "groups" in entry:
         raise _fail(path, "give either 'pattern: dense' or 'groups', not both")
     if "pattern" in entry:
         if entry["pattern"] != "dense":
             raise _fail(f"{path}.pattern", f"the only named pattern is 'dense', got {entry['pattern']!r}")
-        if "sinks" in entry:
-            raise _fail(f"{path}.sinks", "a dense pattern has no sinks (it already attends to every key)")
-        return Pattern.dense()
+        return pattern_from_yaml("dense", entry.get("sinks"), path=path)
     if "groups" not in entry:
         raise _fail(path, "missing 'groups' (or 'pattern: dense')")
-    groups = []
-    nt, nh, nw = grid
-    raw = _list(entry["groups"], f"{path}.groups")
-    if not raw:
-        raise _fail(f"{path}.groups", "needs at least one frame group (use 'pattern: dense' for full attention)")
-    prev_hi = -1
-    for gi, g in enumerate(raw):
-        gp = f"{path}.groups[{gi}]"
-        g = _mapping(g, gp, {"dt", "windows"})
-        dt = _list(g["dt"], f"{gp}.dt", 2)
-        lo, hi = _int(dt[0], f"{gp}.dt[0]", 0), _int(dt[1], f"{gp}.dt[1]", 0)
-        if lo > hi:
-            raise _fail(f"{gp}.dt", f"[lo, hi] needs lo <= hi, got [{lo}, {hi}]")
-        if lo <= prev_hi:
-            raise _fail(f"{gp}.dt",
-                        f"groups must be ascending and disjoint; starts at {lo}, previous ends at {prev_hi}")
-        if hi > nt - 1:
-            raise _fail(f"{gp}.dt",
-                        f"distance {hi} is larger than the grid allows ({nt} tile frames: at most {nt - 1})")
-        prev_hi = hi
-        wins = _list(g["windows"], f"{gp}.windows")
-        if not 1 <= len(wins) <= 2:
-            raise _fail(f"{gp}.windows", f"needs 1 or 2 windows, got {len(wins)}")
-        windows = []
-        for wi, w in enumerate(wins):
-            wp = f"{gp}.windows[{wi}]"
-            w = _list(w, wp, 2)
-            h_, w_ = _int(w[0], f"{wp}[0]", 1), _int(w[1], f"{wp}[1]", 1)
-            if h_ > nh or w_ > nw:
-                raise _fail(wp, f"window [{h_}, {w_}] is larger than the tile grid [{nh}, {nw}] (rows, cols)")
-            windows.append(Window(h_, w_))
-        groups.append(FrameGroup(lo, hi, tuple(windows)))
-    return Pattern(tuple(groups), _sinks(entry.get("sinks", []), f"{path}.sinks", grid))
-
-
-def _sinks(raw, path: str, grid: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
-    """``sinks: [[t, h, w], ...]``: distinct key tiles inside the tile grid, at most `MAX_SINKS`."""
-    raw = _list(raw, path)
-    if len(raw) > MAX_SINKS:
-        raise _fail(path, f"at most {MAX_SINKS} sinks, got {len(raw)}")
-    out: list[tuple[int, int, int]] = []
-    for si, x in enumerate(raw):
-        sp = f"{path}[{si}]"
-        x = _list(x, sp, 3)
-        tile = tuple(_int(v, f"{sp}[{i}]", 0) for i, v in enumerate(x))
-        if not all(v < n for v, n in zip(tile, grid)):
-            raise _fail(sp, f"key tile {list(tile)} lies outside the tile grid {list(grid)} (t, h, w)")
-        if tile in out:
-            raise _fail(sp, f"key tile {list(tile)} is listed twice")
-        out.append(tile)
-    return tuple(out)
+    return pattern_from_yaml(entry["groups"], entry.get("sinks"), path=path, grid=grid)
 
 
 def _v1_schedule(d: dict) -> tuple[int, float, list[tuple[float, float]], list[int]]:

@@ -398,7 +398,7 @@ def baseline_configs(profile, config: Config, bisect_steps: int = 14) -> dict[st
     Returns:
         ``{"best-cube": Config, "greedy": Config}``.
     """
-    from compactsearch.patterns import build_layer_mask
+    from compactsearch.masks import build_layer_mask
     from compactsearch.search.baselines import greedy_contraction
     from compactsearch.search.evaluate import HeadTables, LayoutTables
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compactsearch.config import Config
-from compactsearch.patterns import tile_mask
+from compactsearch.masks import tile_mask
 
 __all__ = ["head_picture", "window_picture"]
 

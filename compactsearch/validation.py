@@ -26,7 +26,7 @@ import torch
 from compact_attn import reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.config import FORMAT, Config, run_density
-from compactsearch.patterns import block_mask_from_tile_mask, tile_mask
+from compactsearch.masks import block_mask_from_tile_mask, tile_mask
 from compactsearch.tiling import TileLayout
 
 __all__ = ["Check", "ValidationReport", "validate_config", "head_rows"]

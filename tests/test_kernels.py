@@ -200,7 +200,8 @@ def test_attention_empty_query_block_gives_zero_and_minus_inf_lse():
 def test_attention_real_pattern_mask():
     """A layer mask from the pattern language (local, cross and frame-grouped heads, text at the back)."""
     from compactsearch.geometry import VideoGeometry
-    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+    from compactsearch.masks import build_layer_mask
+    from compactsearch.patterns import FrameGroup, Pattern, Window
     from compactsearch.tiling import TileLayout
 
     layout = TileLayout(VideoGeometry(4, 6, 10, 17, "back"), (2, 4, 8), 64)

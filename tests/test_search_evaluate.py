@@ -9,7 +9,8 @@ import torch
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_mask
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
 from compactsearch.tiling import TileLayout
 

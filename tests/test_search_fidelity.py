@@ -9,7 +9,8 @@ from planted import planted_profile
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import Pattern, pattern_block_mask
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import Pattern
 from compactsearch.profile.capture import gram_factor, merge_factors, value_block_gram
 from compactsearch.profile.store import Profile
 from compactsearch.search.fidelity import HeadFidelity

@@ -10,8 +10,9 @@ import torch
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import block_mask_from_tile_mask, reference_local_pattern, tile_mask
-from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+from compactsearch.masks import block_mask_from_tile_mask, tile_mask
+from compactsearch.tile_choice import default_tile_shape, default_tiling, reference_local_pattern
+from compactsearch.tiling import TileLayout
 
 
 def random_geometries(n: int = 24, seed: int = 0) -> list[VideoGeometry]:

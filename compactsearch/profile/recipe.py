@@ -19,7 +19,7 @@ Layout (every key not marked optional is required)::
       extra: {}                                   # optional: more keyword arguments for the pipeline call
     prompts: prompts/calibration.txt              # a file (relative to the recipe) or an inline list
     holdout_prompts: prompts/holdout.txt          # optional: kept out of the profile, for evaluation
-    tiling: {tile: [2, 8, 8], block_size: 128}    # optional; default: compactsearch.tiling.default_tiling
+    tiling: {tile: [2, 8, 8], block_size: 128}    # optional; default: compactsearch.tile_choice.default_tiling
     profile:                                      # optional
       buckets: [[0, 10], [10, 50]]                # half-open step ranges; default one bucket [0, steps)
       steps: all                                  # all | a list of steps | {every: N} (plus the last step)

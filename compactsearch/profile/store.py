@@ -37,7 +37,8 @@ from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.limits import check_attention_shape, check_caps
 from compactsearch.profile.stats import head_stats
-from compactsearch.tiling import BLOCK_SIZES, TileLayout, default_tile_shape
+from compactsearch.tile_choice import default_tile_shape
+from compactsearch.tiling import BLOCK_SIZES, TileLayout
 
 __all__ = ["Profile", "PROFILE_FORMAT"]
 

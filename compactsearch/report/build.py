@@ -38,7 +38,8 @@ import torch
 from compactsearch._io import atomic_dir, atomic_write_text
 from compactsearch.config import Config, load_config, run_density
 from compactsearch.errors import InputError
-from compactsearch.patterns import MAX_SINKS, Pattern, reference_panel, tile_mask
+from compactsearch.masks import tile_mask
+from compactsearch.patterns import MAX_SINKS, Pattern
 from compactsearch.profile.stats import LABELS, head_stats
 from compactsearch.profile.store import Profile
 from compactsearch.report import figures as F
@@ -56,6 +57,7 @@ from compactsearch.search import ExactScorer, HeadResult, HeadTables, LayoutTabl
 from compactsearch.search import search_head as _search_head
 from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.study import Oracle
+from compactsearch.tile_choice import reference_panel
 
 __all__ = ["ReportResult", "build_report", "check_config_matches", "match_buckets", "ROWS_PER_FIGURE"]
 

@@ -144,7 +144,7 @@ def neighbourhood_maps(mass: torch.Tensor, layout: TileLayout, shares: TileShare
 
 
 def _start(center: int, size: int, n: int) -> int:
-    """First tile of a size-``size`` window centred on ``center``, shifted inward (as `patterns._axis_window`)."""
+    """First tile of a size-``size`` window centred on ``center``, shifted inward (as `masks._axis_window`)."""
     size = min(size, n)
     return min(max(center - size // 2, 0), n - size)
 

@@ -17,13 +17,14 @@ Public names (modules are private):
 
 from __future__ import annotations
 
+from compactsearch.patterns import pattern_from_yaml
 from compactsearch.search.baselines import best_cube, cube_front, default_partition, greedy_contraction, min_pattern
 from compactsearch.search.budget import Allocation, RunPlan, allocate, plan_run
 from compactsearch.search.evaluate import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.holdout import HoldoutSplit, split_prompts
 from compactsearch.search.run import SearchOutcome, SearchSettings, default_storage, head_name, run_search
 from compactsearch.search.sinks import sink_candidates
-from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.search.space import SearchSpace, canonical
 from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, Oracle, search_head
 from compactsearch.search.sweep import lagrangian_sweep
 

@@ -34,12 +34,12 @@ import numpy as np
 import optuna
 import torch
 
-from compactsearch.patterns import MAX_SINKS, Pattern
+from compactsearch.patterns import MAX_SINKS, Pattern, pattern_from_yaml
 from compactsearch.search.baselines import best_cube, cube_front, greedy_contraction, min_pattern
 from compactsearch.search.evaluate import ExactScore, ExactScorer, HeadTables
 from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.sinks import sink_candidates
-from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.search.space import SearchSpace, canonical
 from compactsearch.search.sweep import lagrangian_sweep
 
 __all__ = ["HeadSettings", "FrontPoint", "HeadResult", "Oracle", "search_head", "pareto", "SAMPLERS"]
@@ -119,7 +119,7 @@ class FrontPoint:
         def opt(k):
             return None if d.get(k) is None else float(d[k])
 
-        return cls(pattern_from_yaml(d["pattern"], d.get("sinks", ())), float(d["recall"]), float(d["recall_min"]),
+        return cls(pattern_from_yaml(d["pattern"], d.get("sinks")), float(d["recall"]), float(d["recall_min"]),
                    int(d["blocks"]), opt("holdout_recall"), opt("fidelity"), opt("oracle_recall"),
                    opt("oracle_fidelity"))
 

@@ -56,11 +56,12 @@ from compactsearch._schema import number as _number
 from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
-from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
+from compactsearch.geometry import VideoGeometry, geometry_from_yaml
+from compactsearch.limits import check_attention_shape, check_caps
 from compactsearch.masks import build_layer_mask, build_masks
 from compactsearch.patterns import Pattern, pattern_from_yaml
 from compactsearch.schedule import StepPlan, fraction, plan_steps
-from compactsearch.tiling import BLOCK_SIZES, TileLayout
+from compactsearch.tiling import TileLayout, tiling_from_yaml
 
 __all__ = ["FORMAT", "FORMATS", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config", "summarize",
            "run_density"]
@@ -289,22 +290,10 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     m = _mapping(d["model"], "model", {"id", "adapter"})
     g = _mapping(d["geometry"], "geometry", {"frames", "height", "width", "layers", "heads", "head_dim"},
                  {"text_tokens", "text_position"})
-    for k in ("frames", "height", "width", "layers", "heads", "head_dim"):
-        _int(g[k], f"geometry.{k}", 1)
-    text_tokens = _int(g.get("text_tokens", 0), "geometry.text_tokens", 0)
-    from compactsearch.limits import check_attention_shape, check_caps  # the memory limit (README)
-
-    check_caps({**{k: g[k] for k in ("frames", "height", "width", "layers", "heads", "head_dim")},
-                "text_tokens": text_tokens}, "geometry")
-    text_position = g.get("text_position", "none")
-    if text_position not in TEXT_POSITIONS:
-        raise _fail("geometry.text_position", f"must be one of {', '.join(TEXT_POSITIONS)}, got {text_position!r}")
-    geometry = VideoGeometry(g["frames"], g["height"], g["width"], text_tokens, text_position)
-    t = _mapping(d["tiling"], "tiling", {"tile", "block_size"})
-    tile = tuple(_int(x, f"tiling.tile[{i}]", 1) for i, x in enumerate(_list(t["tile"], "tiling.tile", 3)))
-    block_size = _int(t["block_size"], "tiling.block_size", 1)
-    if block_size not in BLOCK_SIZES:
-        raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    geometry = geometry_from_yaml(g)
+    model_shape = {k: _int(g[k], f"geometry.{k}", 1) for k in ("layers", "heads", "head_dim")}
+    check_caps(model_shape, "geometry")
+    tile, block_size = tiling_from_yaml(_mapping(d["tiling"], "tiling", {"tile", "block_size"}))
     check_attention_shape(geometry.seq_len, block_size, g["heads"], g["head_dim"], "geometry")
     layout = TileLayout(geometry, tile, block_size)
     v1 = d["format"] == "compactsearch/v1"

@@ -25,12 +25,46 @@ from dataclasses import dataclass
 
 import torch
 
+from compactsearch import _schema
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 
-__all__ = ["TileLayout", "BLOCK_SIZES"]
+__all__ = ["TileLayout", "BLOCK_SIZES", "tile_problem", "tiling_from_yaml"]
 
-BLOCK_SIZES = (64, 128)
+BLOCK_SIZES = (64, 128)  # the kernel block sizes a layout may use
+
+
+def tile_problem(tile, block_size) -> str | None:
+    """What is wrong with a tile shape and a block size (a message naming ``tiling.tile`` or
+    ``tiling.block_size``), or None: the tile is three positive integers, the block size one of `BLOCK_SIZES`,
+    and a tile holds a whole number of blocks. ``tile=None`` checks the block size alone."""
+    if tile is not None and (len(tile) != 3 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1
+                                                   for x in tile)):
+        return f"tiling.tile: must be three positive integers (frames, rows, cols), got {list(tile)!r}"
+    if block_size not in BLOCK_SIZES:
+        return f"tiling.block_size: must be one of {BLOCK_SIZES}, got {block_size!r}"
+    if tile is not None and math.prod(tile) % block_size:
+        return (f"tiling.tile: {list(tile)} holds {math.prod(tile)} tokens, not a multiple of block_size "
+                f"{block_size}; pick a tile whose product is a multiple of {block_size}")
+    return None
+
+
+def tiling_from_yaml(t: dict) -> tuple[tuple[int, int, int] | None, int | None]:
+    """``(tile, block_size)`` of a ``tiling:`` mapping whose keys the caller has checked; an absent (or null)
+    entry stays None, and a tile needs its block size. The one reader of a tiling in a file (configs, profiles,
+    recipes); the rules are `tile_problem`'s."""
+    tile, block_size = t.get("tile"), t.get("block_size")
+    if tile is not None:
+        tile = tuple(_schema.integer(x, f"tiling.tile[{i}]", 1)
+                     for i, x in enumerate(_schema.lst(tile, "tiling.tile", 3)))
+    if block_size is not None:
+        block_size = _schema.integer(block_size, "tiling.block_size", 1)
+    elif tile is not None:
+        raise _schema.fail("tiling", "give block_size together with tile (64 or 128)")
+    problem = None if block_size is None else tile_problem(tile, block_size)
+    if problem:
+        raise InputError(problem)
+    return tile, block_size
 
 
 def _axis_tiles(length: int, tile: int) -> torch.Tensor:
@@ -65,16 +99,10 @@ class TileLayout:
 
     def __post_init__(self) -> None:
         g = self.geometry
-        if len(self.tile_thw) != 3 or any((not isinstance(t, int)) or t < 1 for t in self.tile_thw):
-            raise InputError(f"tiling.tile must be three positive integers (frames, rows, cols), got {self.tile_thw!r}")
-        if self.block_size not in BLOCK_SIZES:
-            raise InputError(f"tiling.block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        problem = tile_problem(self.tile_thw, self.block_size)
+        if problem:
+            raise InputError(problem)
         tile_tokens = math.prod(self.tile_thw)
-        if tile_tokens % self.block_size:
-            raise InputError(
-                f"tiling.tile {list(self.tile_thw)} holds {tile_tokens} tokens, not a multiple of block_size "
-                f"{self.block_size}: pick a tile whose product is a multiple of {self.block_size}"
-            )
         sizes = [_axis_tiles(length, t) for length, t in zip(g.thw, self.tile_thw)]
         grid = tuple(len(s) for s in sizes)
         ct, ch, cw = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")

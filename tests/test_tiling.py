@@ -65,7 +65,7 @@ def test_bad_tiling_messages():
     g = VideoGeometry(3, 4, 5)
     with pytest.raises(InputError, match="not a multiple of block_size"):
         TileLayout(g, (1, 3, 3), 64)
-    with pytest.raises(InputError, match="block_size must be one of"):
+    with pytest.raises(InputError, match="block_size: must be one of"):
         TileLayout(g, (4, 4, 4), 32)
     with pytest.raises(InputError, match="text_position"):
         VideoGeometry(3, 4, 5, 10, "none")

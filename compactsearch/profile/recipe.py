@@ -33,7 +33,6 @@ Every error names the file and the path inside it, e.g. ``recipe r.yaml: profile
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.limits import check_caps, check_video_shape
-from compactsearch.tiling import BLOCK_SIZES
+from compactsearch.tiling import tiling_from_yaml
 
 __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default_recipe_path"]
 
@@ -58,7 +57,6 @@ __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default
 def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
     return _schema_mapping(x, path, required, optional, top="recipe")
 
-_DTYPES = ("bfloat16", "float16", "float32")
 _OFFLOAD = ("none", "model", "sequential")
 
 
@@ -174,6 +172,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
                  {"name", "holdout_prompts", "tiling", "profile"})
     m = _mapping(d["model"], "model", {"id", "adapter"}, {"dtype", "offload"})
     from compactsearch.adapters import adapter_names
+    from compactsearch.adapters.registry import DTYPES  # the model dtypes, by name
 
     adapter = _str(m["adapter"], "model.adapter")
     if adapter not in adapter_names():
@@ -189,18 +188,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
     extra = s.get("extra") or {}
     if not isinstance(extra, dict):
         raise _fail("sampling.extra", f"expected a mapping of pipeline keyword arguments, got {_tname(extra)}")
-    t = _mapping(d.get("tiling") or {}, "tiling", set(), {"tile", "block_size"})
-    tile = None
-    if t.get("tile") is not None:
-        tile = tuple(_int(x, f"tiling.tile[{i}]", 1) for i, x in enumerate(_list(t["tile"], "tiling.tile", 3)))
-    block_size = None if t.get("block_size") is None else _int(t["block_size"], "tiling.block_size", 1)
-    if block_size is not None and block_size not in BLOCK_SIZES:
-        raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
-    if tile is not None and block_size is None:
-        raise _fail("tiling", "give block_size together with tile (64 or 128)")
-    if tile is not None and math.prod(tile) % block_size:
-        raise _fail("tiling.tile", f"{list(tile)} holds {math.prod(tile)} tokens, not a multiple of block_size "
-                    f"{block_size}")
+    tile, block_size = tiling_from_yaml(_mapping(d.get("tiling") or {}, "tiling", set(), {"tile", "block_size"}))
 
     p = _mapping(d.get("profile") or {}, "profile", set(),
                  {"buckets", "steps", "branch", "per_prompt", "dense_warmup", "samples"})
@@ -258,7 +246,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
         name=_str(d.get("name", Path(source).stem or "recipe"), "name"),
         model_id=_str(m["id"], "model.id"),
         adapter=adapter,
-        dtype=_choice(m.get("dtype", "bfloat16"), "model.dtype", _DTYPES),
+        dtype=_choice(m.get("dtype", "bfloat16"), "model.dtype", tuple(DTYPES)),
         offload=_choice(m.get("offload", "none"), "model.offload", _OFFLOAD),
         height=_int(v["height"], "video.height", 1),
         width=_int(v["width"], "video.width", 1),

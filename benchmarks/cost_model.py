@@ -8,7 +8,7 @@ The kernel's time for one layer is modelled as ``per_block * computed blocks + p
 (every head's query blocks pay a fixed start: loading q, writing o), fitted by least squares to the kernel's time
 on masks where every query block keeps ``k`` key blocks (random ones, so no locality helps), for ``k`` from 1 to
 all. ``per_dense_head`` is the time of one head of cuDNN's dense attention (what a dense head costs when it is
-routed to SDPA), written beside them for reference; `compactsearch.search.evaluate.CostModel` reads
+routed to SDPA), written beside them for reference; `compactsearch.search.scoring.CostModel` reads
 ``per_block`` and ``per_query_block``. Times are in seconds.
 """
 

@@ -27,8 +27,8 @@ from compactsearch.config import Config, load_config, summarize
 from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.store import Profile
 from compactsearch.retarget import RULES, retarget
-from compactsearch.search.evaluate import ExactScorer
-from compactsearch.search.run import SearchSettings, run_search
+from compactsearch.search import SearchSettings, run_search
+from compactsearch.search.scoring import ExactScorer
 from compactsearch.tile_choice import default_tiling
 from compactsearch.tiling import TileLayout
 

@@ -400,7 +400,7 @@ def baseline_configs(profile, config: Config, bisect_steps: int = 14) -> dict[st
     """
     from compactsearch.masks import build_layer_mask
     from compactsearch.search.baselines import greedy_contraction
-    from compactsearch.search.evaluate import HeadTables, LayoutTables
+    from compactsearch.search.scoring import HeadTables, LayoutTables
 
     if (profile.geometry != config.geometry or tuple(profile.tile) != tuple(config.tile)
             or profile.block_size != config.block_size or profile.num_layers != config.num_layers

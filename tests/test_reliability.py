@@ -32,7 +32,7 @@ from compactsearch.cli import main
 from compactsearch.cli._failures import EXIT_INTERNAL, describe
 from compactsearch.cli._progress import LineProgress
 from compactsearch.geometry import VideoGeometry
-from compactsearch.search.run import SearchSettings, default_storage, run_search
+from compactsearch.search import SearchSettings, default_storage, run_search
 from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parents[1]

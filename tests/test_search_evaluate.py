@@ -11,7 +11,7 @@ from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.masks import pattern_block_mask
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.scoring import CostModel, ExactScorer, HeadTables, LayoutTables
 from compactsearch.tiling import TileLayout
 
 LAYOUTS = [

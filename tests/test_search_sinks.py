@@ -12,7 +12,7 @@ from compactsearch.geometry import VideoGeometry
 from compactsearch.masks import sink_blocks
 from compactsearch.patterns import Pattern
 from compactsearch.search import SearchSettings, run_search
-from compactsearch.search.evaluate import ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.scoring import ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.sinks import sink_candidates
 from compactsearch.search.space import SearchSpace
 from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, Oracle, search_head

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.search.evaluate import HeadTables
+from compactsearch.search.scoring import HeadTables
 from compactsearch.search.space import canonical
 
 __all__ = ["default_partition", "greedy_contraction", "cube_table", "best_cube", "cube_front", "min_pattern"]

@@ -43,7 +43,7 @@ import compact_attn
 from compact_attn import reference as _reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters import AttentionCall, AttentionContext, get_adapter, install
-from compactsearch.adapters.base import Installation
+from compactsearch.adapters.base import Installation, forward_arguments
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
@@ -79,28 +79,24 @@ class AttentionTimer:
         return (self._call, step)
 
     def wrap(self, inst: Installation) -> None:
-        """Bracket every processor's attention call of an installation (until it is restored)."""
-        ctx = inst.ctx
-        for proc in inst.processors:
-            inner = proc._attend
+        """Time every attention call of an installation's processors (through its context, until restored)."""
+        inst.ctx.timer = self
 
-            def timed(*args, _inner=inner, **kwargs):
-                q = args[0] if args else kwargs["q"]
-                cuda = q.is_cuda
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                else:
-                    start = time.perf_counter()
-                out = _inner(*args, **kwargs)
-                if cuda:
-                    end.record()
-                else:
-                    end = time.perf_counter()
-                self.records.append((self._key(ctx.step), ctx.mode, start, end))
-                return out
-
-            proc._attend = timed  # an instance attribute shadows the method for this processor only
+    @contextlib.contextmanager
+    def timing(self, ctx: AttentionContext, q: torch.Tensor) -> Iterator[None]:
+        """Bracket one attention call (the processors call this through ``ctx.timer``)."""
+        cuda = q.is_cuda
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            start = time.perf_counter()
+        yield
+        if cuda:
+            end.record()
+        else:
+            end = time.perf_counter()
+        self.records.append((self._key(ctx.step), ctx.mode, start, end))
 
     def summary(self) -> dict:
         """Seconds per denoising step: the median over every (pipeline call, step) recorded, so the first steps'
@@ -150,12 +146,10 @@ def _max_timestep(timestep) -> float:
 
 def _add_reset_hooks(transformers, ctx: AttentionContext) -> list:
     """Pre-hooks that run before the adapter's: a larger timestep than the last one starts a new pipeline call."""
-    from compactsearch.adapters.base import _bound_arguments
-
     hooks = []
     for tr in transformers:
         def reset(module, args, kwargs):
-            t = _bound_arguments(module, args, kwargs).get("timestep")
+            t = forward_arguments(module, args, kwargs).get("timestep")
             if t is not None and ctx.timestep is not None and _max_timestep(t) > ctx.timestep:
                 ctx.reset()
 

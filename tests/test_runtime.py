@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
+from tiny_transformers import tiny_transformer
 
 import compactsearch
-from compactsearch.adapters import get_adapter
-from compactsearch.adapters.wan import tiny_wan_pipeline
+from compactsearch.adapters.pipelines import tiny_wan_pipeline
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
@@ -182,7 +182,7 @@ def _hunyuan_config(patterns: list[Pattern]) -> Config:
 
 def test_padded_text_keys_stay_masked():
     """HunyuanVideo pads text keys: sparse attention runs on the valid prefix; all-dense matches the model."""
-    model, inputs = get_adapter("hunyuan_video").tiny_transformer(0)
+    model, inputs = tiny_transformer("hunyuan_video", 0)
     with torch.no_grad():
         before = model(**inputs)[0]
         with apply(model, _hunyuan_config([Pattern.dense(), Pattern.dense()])) as rt:

@@ -72,15 +72,13 @@ def register_model(name: str, adapter: str, description: str, build: Callable[[t
     MODELS[name] = ModelBuilder(name, adapter, description, build)
 
 
-register_model("tiny-random-wan", "wan", "tiny random WanPipeline (2 layers, 2 heads x 16), built locally, no VAE",
-               lambda dtype: wan.tiny_wan_pipeline(1, dtype))
-register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline like Wan2.2 A14B, no VAE",
-               lambda dtype: wan.tiny_wan_pipeline(2, dtype))
-
-
 def _register_family_pipelines() -> None:
     from compactsearch.adapters import pipelines
 
+    register_model("tiny-random-wan", "wan", "tiny random WanPipeline (2 layers, 2 heads x 16), built locally, no VAE",
+                   lambda dtype: pipelines.tiny_wan_pipeline(1, dtype))
+    register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline like Wan2.2 A14B, no VAE",
+                   lambda dtype: pipelines.tiny_wan_pipeline(2, dtype))
     for name, family in pipelines.tiny_model_names().items():
         spec = pipelines.FAMILIES[family]
         register_model(name, spec.adapter, f"tiny random {spec.description}, built locally, no VAE",

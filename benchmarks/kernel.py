@@ -52,7 +52,7 @@ from compact_attn import BlockSparseMask  # noqa: E402
 from compact_attn._config import AttnConfig, attention_config  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.kernel_bench import median_ms  # noqa: E402
+from compactsearch.kernel.bench import median_ms  # noqa: E402
 from compactsearch.masks import build_layer_mask, pattern_block_mask
 from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.tile_choice import default_tile_shape  # noqa: E402

@@ -465,7 +465,7 @@ def test_flex_block_mask_when_max_k_is_below_num_kv_blocks():
 
 
 def test_kernel_bench_rejects_cpu_tensors():
-    from compactsearch.kernel_bench import time_against_dense
+    from compactsearch.kernel.bench import time_against_dense
 
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="needs CUDA tensors"):

@@ -65,10 +65,10 @@ def evaluate(
     from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
-    from compactsearch.evaluate import baseline_configs
-    from compactsearch.evaluate import evaluate as run_evaluate
     from compactsearch.profile import Profile
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
+    from compactsearch.quality import evaluate as run_evaluate
+    from compactsearch.search.baselines import baseline_configs
 
     recipe = recipe or default_recipe_path()
     r = override_recipe(load_recipe(recipe), steps, frames, height, width)

@@ -66,9 +66,9 @@ a checkered gray background" -o compare.gif
     from compactsearch.adapters import load_pipeline
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
-    from compactsearch.evaluate import generate_video, side_by_side, write_video
     from compactsearch.profile.recipe import default_recipe_path, load_recipe
     from compactsearch.runtime import apply
+    from compactsearch.video import generate_video, side_by_side, write_video
 
     recipe = recipe or default_recipe_path()
     r = override_recipe(load_recipe(recipe), steps, frames, height, width)

@@ -13,7 +13,7 @@ from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
 from compactsearch.cli._progress import progress_display
 from compactsearch.config import load_config
 from compactsearch.errors import InputError
-from compactsearch.kernel_check import make_kernel_check
+from compactsearch.kernel.check import make_kernel_check
 from compactsearch.profile import Profile
 from compactsearch.validation import validate_config
 

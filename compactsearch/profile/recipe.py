@@ -127,6 +127,21 @@ class Recipe:
     def seed_of(self, prompt_index: int) -> int:
         return self.seed + prompt_index
 
+    def call_kwargs(self, prompt: str, generator, **call) -> dict:
+        """The keyword arguments of one pipeline call of this recipe: size, steps, ``generator``, then ``call``
+        (e.g. ``output_type``), the family's guidance keywords, the text length and ``sampling.extra`` (last, so
+        it can override any of them). The one place a recipe becomes a pipeline call (profile, generate,
+        evaluate)."""
+        from compactsearch.adapters import get_adapter
+
+        kw = dict(prompt=prompt, height=self.height, width=self.width, num_frames=self.frames,
+                  num_inference_steps=self.steps, generator=generator, **call)
+        kw.update(get_adapter(self.adapter).pipeline_kwargs(self.guidance, self.negative_prompt))
+        if self.max_sequence_length is not None:
+            kw["max_sequence_length"] = self.max_sequence_length
+        kw.update(self.extra)
+        return kw
+
     def with_prompts(self, prompts: list[str]) -> Recipe:
         from dataclasses import replace
 

@@ -11,7 +11,7 @@ before each run.
 Pass rule (as the CPU tests): relative Frobenius error against fp32 <= 2x PyTorch's own error in the same low
 precision (+1e-5), no NaN anywhere, and the logsumexp within 2e-2 of the fp32 one. Exit code 1 on any failure.
 
-    PYTHONPATH=kernels:. python benchmarks/kernel_check.py [--variants m128n128w4s2+ws ...]
+    PYTHONPATH=kernels:. python benchmarks/kernel_correctness.py [--variants m128n128w4s2+ws ...]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("kernel_check.py needs a CUDA GPU")
+        raise SystemExit("kernel_correctness.py needs a CUDA GPU")
     failures = 0
     for case in CASES:
         D, dtype = case[6], case[7]

@@ -71,15 +71,28 @@ FORMATS = ("compactsearch/v1", FORMAT)  # every version this tool reads; v1 is c
 _EPS = 1e-9
 
 
+Recorded = float | None  # a number the search recorded for a head; None where unknown (hand-written configs)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
+    """One head's entry: its pattern, and the numbers the search recorded for it.
+
+    Attributes:
+        recall: kept share of the head's attention mass (calibration prompts).
+        density: kernel blocks computed over all blocks of the layer.
+        oracle_recall: recall of the head's top blocks by mass at the same block count (no static mask keeps more).
+        oracle_fidelity: output fidelity of that top-block set (with value statistics).
+        efficiency: ``recall / oracle_recall``, what the pattern language costs this head.
+    """
+
     head: int
     pattern: Pattern
-    recall: float | None = None
-    density: float | None = None
-    oracle_recall: float | None = None
-    oracle_fidelity: float | None = None
-    efficiency: float | None = None
+    recall: Recorded = None
+    density: Recorded = None
+    oracle_recall: Recorded = None
+    oracle_fidelity: Recorded = None
+    efficiency: Recorded = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,20 @@ def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
     return _number(x, path, lo, hi)
 
 
+def _listed(x, path: str, count: int, what: str, required: set[str] = frozenset(), optional: set[str] = frozenset()):
+    """``(index, entry, entry path)`` of a config's list of ``count`` layers or heads (``what``): mappings that
+    number themselves in order (``{what}: index``), with the ``required`` and ``optional`` keys besides."""
+    raw = _list(x, path)
+    if len(raw) != count:
+        raise _fail(path, f"has {len(raw)} {what}s but geometry.{what}s is {count}")
+    for i, entry in enumerate(raw):
+        ep = f"{path}[{i}]"
+        entry = _mapping(entry, ep, {what, *required}, optional)
+        if _int(entry[what], f"{ep}.{what}", 0) != i:
+            raise _fail(f"{ep}.{what}", f"expected {what} {i} here ({what}s are listed in order), got {entry[what]}")
+        yield i, entry, ep
+
+
 def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
     """A head's pattern: ``pattern: dense`` or ``groups`` (and ``sinks``), read by `pattern_from_yaml`."""
     if "pattern" in entry and "groups" in entry:
@@ -302,24 +329,11 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     buckets = []
     for bi, b in enumerate(d["buckets"]):
         bp = f"buckets[{bi}]"
-        layers_raw = _list(b["layers"], f"{bp}.layers")
-        if len(layers_raw) != L:
-            raise _fail(f"{bp}.layers", f"has {len(layers_raw)} layers but geometry.layers is {L}")
         layers = []
-        for li, lc in enumerate(layers_raw):
-            lp = f"{bp}.layers[{li}]"
-            lc = _mapping(lc, lp, {"layer", "heads"})
-            if _int(lc["layer"], f"{lp}.layer", 0) != li:
-                raise _fail(f"{lp}.layer", f"expected layer {li} here (layers are listed in order), got {lc['layer']}")
-            heads_raw = _list(lc["heads"], f"{lp}.heads")
-            if len(heads_raw) != H:
-                raise _fail(f"{lp}.heads", f"has {len(heads_raw)} heads but geometry.heads is {H}")
+        for li, lc, lp in _listed(b["layers"], f"{bp}.layers", L, "layer", required={"heads"}):
             heads = []
-            for hi, hc in enumerate(heads_raw):
-                hp = f"{lp}.heads[{hi}]"
-                hc = _mapping(hc, hp, {"head"}, {"pattern", "groups", "sinks", "recall", "density", *_HEAD_NUMBERS})
-                if _int(hc["head"], f"{hp}.head", 0) != hi:
-                    raise _fail(f"{hp}.head", f"expected head {hi} here (heads are listed in order), got {hc['head']}")
+            for hi, hc, hp in _listed(lc["heads"], f"{lp}.heads", H, "head",
+                                      optional={"pattern", "groups", "sinks", "recall", "density", *_HEAD_NUMBERS}):
                 pattern = _pattern(hc, hp, layout.grid_thw)
                 recall = _float(hc["recall"], f"{hp}.recall") if "recall" in hc else None
                 density = _float(hc["density"], f"{hp}.density") if "density" in hc else None

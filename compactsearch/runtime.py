@@ -130,12 +130,20 @@ def timed_dense(pipe, adapter: str, timer: AttentionTimer) -> Iterator[Installat
     fam = get_adapter(adapter)
     ctx = AttentionContext(mode="dense")
     inst = install(pipe, fam, ctx)
-    reset_hooks = _add_reset_hooks(fam.transformers(pipe), ctx)
-    try:
-        timer.wrap(inst)
+    with _installed_for_block(inst, _add_reset_hooks(fam.transformers(pipe), ctx), timer):
         yield inst
+
+
+@contextlib.contextmanager
+def _installed_for_block(inst: Installation, hooks: list, timer: AttentionTimer | None) -> Iterator[None]:
+    """Keep an installation (and its extra hooks) for a ``with`` block, timed when ``timer`` is given; restore it
+    after, also after an exception: the model computes bit for bit what it computed before."""
+    try:
+        if timer is not None:
+            timer.wrap(inst)
+        yield
     finally:
-        for h in reset_hooks:
+        for h in hooks:
             h.remove()
         inst.restore()
 
@@ -392,11 +400,7 @@ def apply(pipe, config: Config | str | Path, *, model_id: str | None = None, bac
 
     hooks = reset_hooks + [tr.register_forward_pre_hook(schedule, with_kwargs=True) for tr in transformers]
     try:
-        if timer is not None:
-            timer.wrap(inst)
-        yield rt
+        with _installed_for_block(inst, hooks, timer):
+            yield rt
     finally:
-        for h in hooks:
-            h.remove()
-        inst.restore()
         rt._masks.clear()

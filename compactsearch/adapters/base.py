@@ -148,6 +148,14 @@ class SelfAttentionProcessor:
         self.layer = layer
         self.ctx = ctx
 
+    def _dispatch(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask) -> torch.Tensor:
+        """Dense attention exactly as diffusers' own processors compute it (``dispatch_attention_fn`` on
+        ``[B, S, H, D]``, with the backend and parallel config diffusers set on the processor)."""
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                     backend=self._attention_backend, parallel_config=self._parallel_config)
+
     def _call(self, q: torch.Tensor, text_tokens: int, text_position: str,
               key_valid: tuple[int, ...] | None) -> AttentionCall:
         ctx = self.ctx

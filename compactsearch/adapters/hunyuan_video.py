@@ -18,12 +18,12 @@ __all__ = ["HunyuanVideoSelfAttnProcessor", "ADAPTER"]
 
 
 class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
-    """HunyuanVideo joint self-attention (dual and single blocks) with the mode switch after RoPE."""
+    """HunyuanVideo joint self-attention with the mode switch after RoPE. Dual-stream blocks project the text with
+    their own ``add_*_proj``; single-stream blocks get video and text in one ``hidden_states``."""
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
 
         single = attn.add_q_proj is None
@@ -46,8 +46,7 @@ class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
             value = torch.cat([value, ev], dim=1)
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         key_valid = None

@@ -20,7 +20,6 @@ class LTXSelfAttnProcessor(SelfAttentionProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
         if encoder_hidden_states is not None:
@@ -40,8 +39,7 @@ class LTXSelfAttnProcessor(SelfAttentionProcessor):
         value = value.unflatten(2, (attn.heads, -1))
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
                            lambda o: o.transpose(1, 2))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compactsearch.errors import InputError
+from compactsearch.errors import InputError, lookup
 
 __all__ = ["FamilySpec", "FAMILIES", "SIZES", "build_family_pipeline", "family_transformer_config", "tiny_wan_pipeline",
            "tiny_tokenizer"]
@@ -142,24 +142,20 @@ def _build_cogvideox(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int)
                              vae=None, transformer=transformer, scheduler=scheduler)
 
 
-def _build_ltx(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+def _build_t5_flow(pipeline: str, transformer: str, text_width: str) -> Callable:
+    """The builder of a pipeline of a T5 text encoder, a flow-matching scheduler and no VAE (LTX-Video, Mochi):
+    diffusers' class names, and the transformer config key that gives the text width."""
 
-    torch.manual_seed(seed)
-    transformer = _finish(LTXVideoTransformer3DModel(**cfg), dtype)
-    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                       text_encoder=_finish(_t5(cfg["caption_channels"], seed), dtype), tokenizer=tiny_tokenizer(),
-                       transformer=transformer)
+    def build(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
+        import diffusers
 
+        torch.manual_seed(seed)
+        model = _finish(getattr(diffusers, transformer)(**cfg), dtype)
+        return getattr(diffusers, pipeline)(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
+                                            text_encoder=_finish(_t5(cfg[text_width], seed), dtype),
+                                            tokenizer=tiny_tokenizer(), transformer=model)
 
-def _build_mochi(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
-    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
-
-    torch.manual_seed(seed)
-    transformer = _finish(MochiTransformer3DModel(**cfg), dtype)
-    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                         text_encoder=_finish(_t5(cfg["text_embed_dim"], seed), dtype), tokenizer=tiny_tokenizer(),
-                         transformer=transformer)
+    return build
 
 
 # ------------------------------------------------------------------------------------------------ the specs
@@ -209,7 +205,7 @@ _spec("ltx", "ltx", "LTX-Video: packed latents, no text in self-attention",
            num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=32),
       dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64, cross_attention_dim=2048,
            num_layers=28, qk_norm="rms_norm_across_heads", caption_channels=4096),
-      _build_ltx)
+      _build_t5_flow("LTXPipeline", "LTXVideoTransformer3DModel", "caption_channels"))
 _spec("mochi", "mochi", "Mochi 1: asymmetric joint attention, valid text at the back",
       dict(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=16,
@@ -217,7 +213,7 @@ _spec("mochi", "mochi", "Mochi 1: asymmetric joint attention, valid text at the 
       dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48, pooled_projection_dim=1536,
            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=4096, time_embed_dim=256,
            activation_fn="swiglu", max_sequence_length=256),
-      _build_mochi)
+      _build_t5_flow("MochiPipeline", "MochiTransformer3DModel", "text_embed_dim"))
 
 
 def family_transformer_config(family: str, size: str = "tiny") -> dict:
@@ -232,10 +228,7 @@ def family_transformer_config(family: str, size: str = "tiny") -> dict:
 
 
 def _spec_of(family: str) -> FamilySpec:
-    try:
-        return FAMILIES[family]
-    except KeyError:
-        raise InputError(f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
+    return lookup(FAMILIES, family, "family", "families")
 
 
 def build_family_pipeline(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0,

@@ -22,7 +22,7 @@ import torch
 
 from compactsearch.adapters import cogvideox, hunyuan_video, ltx, mochi, wan
 from compactsearch.adapters.base import Adapter
-from compactsearch.errors import InputError
+from compactsearch.errors import InputError, lookup
 
 __all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
            "register_model", "load_pipeline", "check_video_size", "DTYPES"]
@@ -44,10 +44,7 @@ def adapter_names() -> list[str]:
 
 def get_adapter(name: str) -> Adapter:
     """The adapter registered as ``name``; an InputError listing the known ones otherwise."""
-    try:
-        return ADAPTERS[name]
-    except KeyError:
-        raise InputError(f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}") from None
+    return lookup(ADAPTERS, name, "adapter")
 
 
 for _mod in (wan, hunyuan_video, cogvideox, ltx, mochi):

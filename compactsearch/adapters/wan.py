@@ -32,7 +32,6 @@ class WanSelfAttnProcessor(SelfAttentionProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("WanSelfAttnProcessor is for self-attention (attn1) only")
@@ -50,8 +49,7 @@ class WanSelfAttnProcessor(SelfAttentionProcessor):
             key = _apply_rotary(key, *rotary_emb)
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
                            lambda o: o.transpose(1, 2))

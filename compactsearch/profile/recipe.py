@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compactsearch._io import read_yaml
+from compactsearch._io import read_text, read_yaml
 from compactsearch._schema import boolean as _bool
 from compactsearch._schema import choice as _choice
 from compactsearch._schema import fail as _fail
@@ -64,23 +64,6 @@ def default_recipe_path() -> Path:
     """The bundled tiny model's recipe (``recipes/tiny.yaml``, shipped in the package as
     ``compactsearch/tinymodel/recipe.yaml``): what `profile`, `generate` and `evaluate` use without a RECIPE."""
     return Path(__file__).resolve().parent.parent / "tinymodel" / "recipe.yaml"
-
-
-def read_prompts(path: Path, what: str = "prompt file") -> list[str]:
-    """Prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; give a text file with one prompt per line")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{what} {path} cannot be read as text: {e}") from e
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise InputError(f"{what} {path} holds no prompts (one per line; '#' starts a comment)")
-    return prompts
 
 
 @dataclass(frozen=True)
@@ -164,6 +147,15 @@ class Recipe:
                                     "layers": None if self.sample_layers is None else list(self.sample_layers)}},
             "holdout_prompts": list(self.holdout_prompts),
         }
+
+
+def read_prompts(path: Path, what: str = "prompt file") -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    lines = read_text(path, what, "a text file with one prompt per line").splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise InputError(f"{what} {path} holds no prompts (one per line; '#' starts a comment)")
+    return prompts
 
 
 def _prompts(x, path: str, base: Path) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from compactsearch.patterns import Pattern
 from compactsearch.profile.stats import LABELS
 from compactsearch.profile.store import Profile
 from compactsearch.report import figures as F
+from compactsearch.report import texts as T
 from compactsearch.report.collect import Collected
 from compactsearch.report.html import FigureRef, Section, Table
 from compactsearch.report.maps import downsample, sink_cells, window_rects
@@ -32,7 +33,6 @@ __all__ = ["Page", "ROWS_PER_FIGURE"]
 
 ROWS_PER_FIGURE = 8
 Progress = Callable[[str, int, int], None]
-
 
 def _steps(r) -> str:
     return f"steps {r[0]}-{r[1] - 1}" if r[1] - r[0] > 1 else f"step {r[0]}"
@@ -176,13 +176,7 @@ class Page:
 
     def _labels(self) -> Section:
         p = self.profile
-        s = Section("labels", "Head labels")
-        s.paragraphs.append(
-            "Each head is labelled from its block mass by the documented rule (compactsearch.profile.stats): local "
-            "when a local window over about 30% of the tokens holds at least 60% of its mass, cross when a one-tile "
-            "row band plus a one-tile column band holds at least 60% (15 points more than local and 1.5x what a "
-            "uniform head would put there), time-variant when the mass per frame distance is far from flat, "
-            "global otherwise.")
+        s = Section("labels", "Head labels", [T.LABELS])
         if self.data.stats_recomputed:
             s.paragraphs.append("The profile's statistics table was missing or incomplete: labels were recomputed "
                                 "from the block mass.")
@@ -240,12 +234,7 @@ class Page:
         d, c = self.data, self.config
         if c is None or not d.recall.size:
             return None
-        s = Section("efficiency", "Pattern efficiency")
-        s.paragraphs.append(
-            "For every head, the recall its chosen pattern keeps divided by the recall of the best unstructured "
-            "block set of the same size: the head's top blocks by mass (the oracle; any static block mask of that "
-            "density keeps at most this much). 1 means the pattern language costs this head nothing; low values "
-            "mark heads whose attention the windows, frame groups and sinks do not fit.")
+        s = Section("efficiency", "Pattern efficiency", [T.EFFICIENCY])
         eff = d.recall / np.maximum(d.oracle, 1e-300)
         series = [(self._cfg_title(ci), eff[ci]) for ci in range(len(c.buckets))]
         s.items.append(self._fig(F.efficiency_figure(series), "04b-efficiency.png",
@@ -420,11 +409,7 @@ class Page:
 
     def _waste(self) -> Section:
         lay = self.layout
-        s = Section("waste", "Tiling waste")
-        s.paragraphs.append(
-            "Tiling waste = token pairs the kernel computes (whole blocks) / token pairs the pattern allows token by "
-            "token - 1: the cost of blocks that straddle tiles and of the ragged sequence end. The reference panel is "
-            "the one `default_tiling` scores layouts with (a ~30% local window, a cross, a time-decaying window).")
+        s = Section("waste", "Tiling waste", [T.WASTE])
         scorer = ExactScorer(lay)
         ref = [(name, lay.tiling_waste(tile_mask(pat, lay), scorer.block_mask(pat)))
                for name, pat in zip(("local ~30%", "cross", "time-decaying"), reference_panel(lay))]
@@ -439,11 +424,4 @@ class Page:
         return s
 
     def _about(self) -> Section:
-        s = Section("about", "About this report")
-        s.paragraphs.append("Made by `compactsearch report` from the profile's block mass (mean over calibration "
-                            "prompts, tile order). Maps spread each kernel block's mass over the tiles it covers by "
-                            "token share. Figures are also saved as PNG files in figures/ next to this page.")
-        s.paragraphs.append("Subsampling rules: every step bucket up to 3 (else first, middle, last); 4 layers spread "
-                            "evenly with 4 heads each plus every head of the middle layer; up to 8 temporal distances "
-                            "(0, 1, then spread to the largest); maps of at most 32 x 32 cells.")
-        return s
+        return Section("about", "About this report", [T.ABOUT_MADE, T.ABOUT_SUBSAMPLING])

@@ -25,10 +25,10 @@ from compactsearch._io import atomic_dir, atomic_write_text
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
 from compactsearch.profile.store import Profile
-from compactsearch.report.collect import collect
+from compactsearch.report.collect import Progress, collect
 from compactsearch.report.html import render_page
 from compactsearch.report.maps import middle_tile
-from compactsearch.report.sections import Page, Progress
+from compactsearch.report.sections import Page
 from compactsearch.report.select import parse_head, select
 from compactsearch.search import SearchSettings
 

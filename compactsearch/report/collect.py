@@ -39,9 +39,9 @@ from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.settings import head_seed
 from compactsearch.search.study import Oracle
 
-__all__ = ["Collected", "collect"]
+__all__ = ["Collected", "collect", "Progress"]
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 def _mean_stats(profile: Profile) -> pd.DataFrame | None:

@@ -8,7 +8,6 @@ The page names buckets by the profile's numbers only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from compactsearch.profile.stats import LABELS
 from compactsearch.profile.store import Profile
 from compactsearch.report import figures as F
 from compactsearch.report import texts as T
-from compactsearch.report.collect import Collected
+from compactsearch.report.collect import Collected, Progress
 from compactsearch.report.html import FigureRef, Section, Table
 from compactsearch.report.maps import downsample, sink_cells, window_rects
 from compactsearch.report.select import MAX_CELLS, Selection
@@ -32,7 +31,6 @@ from compactsearch.tile_choice import reference_panel
 __all__ = ["Page", "ROWS_PER_FIGURE"]
 
 ROWS_PER_FIGURE = 8
-Progress = Callable[[str, int, int], None]
 
 def _steps(r) -> str:
     return f"steps {r[0]}-{r[1] - 1}" if r[1] - r[0] > 1 else f"step {r[0]}"

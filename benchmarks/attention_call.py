@@ -41,7 +41,7 @@ from kernel import build_masks  # noqa: E402
 
 from compact_attn import block_sparse_attention, permute  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.kernel_bench import median_ms  # noqa: E402
+from compactsearch.kernel.bench import median_ms  # noqa: E402
 from compactsearch.tiling import TileLayout, default_tile_shape  # noqa: E402
 
 # name: (geometry, batch per forward, heads, head dim): the e2e setups (CFG batched where the pipeline batches it)

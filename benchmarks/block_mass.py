@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from compact_attn import reference
 from compact_attn._config import MassConfig
 from compact_attn.mass_kernel import block_mass_triton
-from compactsearch.kernel_bench import median_ms  # noqa: E402
+from compactsearch.kernel.bench import median_ms  # noqa: E402
 
 # name: (tokens, heads, head_dim)
 SHAPES = {

@@ -8,7 +8,7 @@ The kernel's time for one layer is modelled as ``per_block * computed blocks + p
 (every head's query blocks pay a fixed start: loading q, writing o), fitted by least squares to the kernel's time
 on masks where every query block keeps ``k`` key blocks (random ones, so no locality helps), for ``k`` from 1 to
 all. ``per_dense_head`` is the time of one head of cuDNN's dense attention (what a dense head costs when it is
-routed to SDPA), written beside them for reference; `compactsearch.search.evaluate.CostModel` reads
+routed to SDPA), written beside them for reference; `compactsearch.search.scoring.CostModel` reads
 ``per_block`` and ``per_query_block``. Times are in seconds.
 """
 
@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
 import compact_attn  # noqa: E402
 from compact_attn.mask import BlockSparseMask  # noqa: E402
 from compactsearch._io import atomic_write_text  # noqa: E402
+from compactsearch.kernel.bench import median_ms  # noqa: E402
 
 __all__ = ["fit_cost_model", "measure_cost_model", "write_cost_model"]
 
@@ -53,20 +54,12 @@ def fit_cost_model(points: list[tuple[float, float, float]]) -> tuple[float, flo
 
 
 def _time(fn, device: torch.device, reps: int) -> float:
-    fn()  # compile / plan
+    """Median seconds of ``reps`` runs after one warm-up (CUDA events on a GPU, the host clock on a CPU)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e) / 1000.0)
-        return statistics.median(times)
+        return median_ms(fn, reps) / 1000.0
     import time
 
+    fn()  # compile / plan
     times = []
     for _ in range(reps):
         t = time.perf_counter()

@@ -54,11 +54,11 @@ from compactsearch._io import atomic_write_text  # noqa: E402
 from compactsearch.adapters import get_adapter, load_pipeline  # noqa: E402
 from compactsearch.adapters.pipelines import FAMILIES, build_family_pipeline  # noqa: E402
 from compactsearch.config import HeadConfig, LayerConfig, load_config  # noqa: E402
-from compactsearch.evaluate import pipeline_kwargs  # noqa: E402
 from compactsearch.patterns import Pattern  # noqa: E402
 from compactsearch.profile.recipe import load_recipe, read_prompts  # noqa: E402
 from compactsearch.profile.run import expert_switch_step, run_profile  # noqa: E402
 from compactsearch.runtime import AttentionTimer, apply, timed_dense  # noqa: E402
+from compactsearch.video import pipeline_kwargs  # noqa: E402
 
 # Real-size setups (the models' published resolutions) and their tiny twins (the recipes/tiny-random-* grids).
 HUNYUAN_EXTRA = {"prompt_template": {"template": "{}", "crop_start": 0}}  # the real template is for Llama's vocab

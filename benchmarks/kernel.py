@@ -52,15 +52,11 @@ from compact_attn import BlockSparseMask  # noqa: E402
 from compact_attn._config import AttnConfig, attention_config  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.kernel_bench import median_ms  # noqa: E402
-from compactsearch.patterns import (  # noqa: E402
-    FrameGroup,
-    Pattern,
-    Window,
-    build_layer_mask,
-    pattern_block_mask,
-)
-from compactsearch.tiling import TileLayout, default_tile_shape  # noqa: E402
+from compactsearch.kernel.bench import median_ms  # noqa: E402
+from compactsearch.masks import build_layer_mask, pattern_block_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window
+from compactsearch.tile_choice import default_tile_shape  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
 
 # name: (geometry, heads, head_dim)
 GEOMETRIES = {
@@ -78,10 +74,7 @@ SWEEP = [  # the first is the fixed Hopper default; the rest are neighbours (KER
     AttnConfig(128, 64, 4, 2, use_tma=True),
     AttnConfig(128, 64, 4, 2, use_tma=True, order="lpt"),
     AttnConfig(128, 64, 4, 2, use_tma=True, order="head"),
-    AttnConfig(128, 64, 4, 2, use_tma=True, rescale_threshold=8.0),
-    AttnConfig(128, 64, 4, 2, use_tma=True, exp_poly=True),
     AttnConfig(128, 64, 4, 2),
-    AttnConfig(128, 64, 4, 2, use_tma=True, pipe_qk=True),
     AttnConfig(128, 32, 4, 3, use_tma=True),
     AttnConfig(128, 128, 8, 3, use_tma=True),
 ]
@@ -89,7 +82,6 @@ SWEEP_D64 = [  # head dim 64 (CogVideoX); the first is the fixed Hopper default
     AttnConfig(64, 128, 4, 3, use_tma=True, warp_specialized=True),
     AttnConfig(64, 128, 4, 3, use_tma=True, warp_specialized=True, pingpong=False),
     AttnConfig(64, 128, 4, 3, use_tma=True),
-    AttnConfig(64, 128, 4, 3, use_tma=True, rescale_threshold=8.0),
     AttnConfig(128, 128, 8, 3, use_tma=True),
     AttnConfig(128, 128, 8, 3),
     AttnConfig(128, 64, 4, 3, use_tma=True),
@@ -106,13 +98,12 @@ def parse_config(text: str) -> AttnConfig:
     if not m:
         raise SystemExit(f"bad config {text!r}: expected like m128n128w8s3+tma")
     flags = set(m.group(5).split("+")[1:])
-    lazy = [f for f in flags if re.fullmatch(r"lazy[0-9.]+", f)]
-    trip = [f for f in flags if f in ("trip0", "trip1")]
-    return AttnConfig(*(int(m.group(i)) for i in range(1, 5)), use_tma="tma" in flags, pipe_qk="pipe" in flags,
-                      exp16="exp16" in flags, rescale_threshold=float(lazy[0][4:]) if lazy else 0.0,
-                      exp_poly="poly" in flags,
+    removed = flags & {"pipe", "exp16", "poly", "trip0", "trip1"} | {f for f in flags if f.startswith("lazy")}
+    if removed:
+        raise SystemExit(f"{text!r}: {', '.join(sorted(removed))} were measured slower and removed from the kernel "
+                         "(KERNEL_NOTES.md)")
+    return AttnConfig(*(int(m.group(i)) for i in range(1, 5)), use_tma="tma" in flags,
                       order=next((o for o in ("head", "lpt", "natural") if o in flags), "auto"),
-                      one_trip=(trip[0] == "trip1") if trip else None,
                       dense_heads="kernel" if "kdense" in flags else "sdpa",
                       warp_specialized="ws" in flags, pingpong="nopp" not in flags, persistent="nopers" not in flags)
 

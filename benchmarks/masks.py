@@ -1,6 +1,6 @@
 """Mask build speed: every mask of a Wan2.1-14B 720p config (40 layers x 40 heads, one bucket), CPU.
 
-Layers are built `--threads` at a time (`compactsearch.patterns.build_masks`). Every head gets its own
+Layers are built `--threads` at a time (`compactsearch.masks.build_masks`). Every head gets its own
 pattern (random frame groups and windows, seeded), so the per-pattern cache in `build_layer_mask` cannot
 help: this is the worst case a searched config can present.
 
@@ -19,8 +19,10 @@ import time
 import torch
 
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_masks
-from compactsearch.tiling import TileLayout, default_tiling
+from compactsearch.masks import build_masks
+from compactsearch.patterns import FrameGroup, Pattern, Window
+from compactsearch.tile_choice import default_tiling
+from compactsearch.tiling import TileLayout
 
 
 def random_pattern(rng: random.Random, grid: tuple[int, int, int], sinks: int = 0) -> Pattern:

@@ -27,9 +27,10 @@ from compactsearch.config import Config, load_config, summarize
 from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.store import Profile
 from compactsearch.retarget import RULES, retarget
-from compactsearch.search.evaluate import ExactScorer
-from compactsearch.search.run import SearchSettings, run_search
-from compactsearch.tiling import TileLayout, default_tiling
+from compactsearch.search import SearchSettings, run_search
+from compactsearch.search.scoring import ExactScorer
+from compactsearch.tile_choice import default_tiling
+from compactsearch.tiling import TileLayout
 
 ROW = "| {target} | {rule} | {density:.4f} | {recall:.4f} | {native_density:.4f} | {native_recall:.4f} | {delta:+.4f} |"
 

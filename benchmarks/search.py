@@ -38,7 +38,8 @@ from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.profile.store import Profile  # noqa: E402
-from compactsearch.tiling import TileLayout, default_tiling  # noqa: E402
+from compactsearch.tile_choice import default_tiling  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
 
 GEOMETRY = VideoGeometry(21, 45, 80)
 TILE = default_tiling(GEOMETRY)[0]  # (4, 8, 4), one 128-token block per tile

@@ -26,10 +26,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "tests")]
 from planted import planted_mass, random_head_pattern  # noqa: E402
 
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.search.evaluate import ExactScorer, HeadTables, LayoutTables  # noqa: E402
+from compactsearch.search.scoring import ExactScorer, HeadTables, LayoutTables  # noqa: E402
 from compactsearch.search.space import SearchSpace  # noqa: E402
 from compactsearch.search.study import HeadSettings, search_head  # noqa: E402
-from compactsearch.tiling import TileLayout, default_tiling  # noqa: E402
+from compactsearch.tile_choice import default_tiling  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
 
 
 def main() -> None:

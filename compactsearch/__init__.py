@@ -15,9 +15,11 @@ __version__ = "0.1.0"
 from compactsearch.config import Config, load_config  # noqa: E402
 from compactsearch.errors import CheckFailed, CompactSearchError, InputError  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask  # noqa: E402
+from compactsearch.masks import build_layer_mask  # noqa: E402
+from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
 from compactsearch.profile import Profile  # noqa: E402
-from compactsearch.tiling import TileLayout, default_tile_shape  # noqa: E402
+from compactsearch.tile_choice import default_tile_shape  # noqa: E402
+from compactsearch.tiling import TileLayout  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -14,8 +14,8 @@ import yaml
 
 from compactsearch.errors import InputError
 
-__all__ = ["atomic_write_text", "atomic_write_with", "atomic_dir", "read_yaml", "sha256_file", "dump_yaml",
-           "check_output", "os_error_hint"]
+__all__ = ["atomic_write_text", "atomic_write_with", "atomic_dir", "read_text", "read_yaml", "sha256_file",
+           "dump_yaml", "check_output", "os_error_hint"]
 
 # What an OSError means for the user, by errno (the CLI's failure mapping uses the same table).
 _ERRNO_HINTS = {
@@ -146,21 +146,28 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def read_yaml(path: Path, what: str):
-    """Parse a YAML file, turning every failure into an InputError naming the file and the fix."""
+def read_text(path: Path, what: str, expected: str, max_bytes: int | None = None) -> str:
+    """The text of a file the user named, or an InputError naming it (``what``) and the fix: missing, a
+    directory (``expected`` says what to give instead), larger than ``max_bytes``, unreadable or not text."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; give the YAML file")
+        raise InputError(f"{what} {path} is a directory; give {expected}")
     try:
         size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise InputError(f"{what} {path} is {size / 1e6:.0f} MB, above the {MAX_YAML_BYTES // 10**6} MB a "
-                             "YAML file of this tool may have; is it the right file?")
-        text = path.read_text()
+        if max_bytes is not None and size > max_bytes:
+            raise InputError(f"{what} {path} is {size / 1e6:.0f} MB, above the {max_bytes // 10**6} MB this tool "
+                             "reads; is it the right file?")
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{what} {path} cannot be read as text: {e}") from e
+
+
+def read_yaml(path: Path, what: str):
+    """Parse a YAML file, turning every failure into an InputError naming the file and the fix."""
+    path = Path(path)
+    text = read_text(path, what, "the YAML file", MAX_YAML_BYTES)
     if not text.strip():
         raise InputError(f"{what} {path} is empty")
     try:

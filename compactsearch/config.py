@@ -56,10 +56,12 @@ from compactsearch._schema import number as _number
 from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
-from compactsearch.geometry import TEXT_POSITIONS, VideoGeometry
-from compactsearch.patterns import MAX_SINKS, FrameGroup, Pattern, Window, build_layer_mask, build_masks
+from compactsearch.geometry import VideoGeometry, geometry_from_yaml
+from compactsearch.limits import check_attention_shape, check_caps
+from compactsearch.masks import build_layer_mask, build_masks
+from compactsearch.patterns import Pattern, pattern_from_yaml
 from compactsearch.schedule import StepPlan, fraction, plan_steps
-from compactsearch.tiling import BLOCK_SIZES, TileLayout
+from compactsearch.tiling import TileLayout, tiling_from_yaml
 
 __all__ = ["FORMAT", "FORMATS", "HeadConfig", "LayerConfig", "Bucket", "Config", "load_config", "summarize",
            "run_density"]
@@ -69,15 +71,28 @@ FORMATS = ("compactsearch/v1", FORMAT)  # every version this tool reads; v1 is c
 _EPS = 1e-9
 
 
+Recorded = float | None  # a number the search recorded for a head; None where unknown (hand-written configs)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
+    """One head's entry: its pattern, and the numbers the search recorded for it.
+
+    Attributes:
+        recall: kept share of the head's attention mass (calibration prompts).
+        density: kernel blocks computed over all blocks of the layer.
+        oracle_recall: recall of the head's top blocks by mass at the same block count (no static mask keeps more).
+        oracle_fidelity: output fidelity of that top-block set (with value statistics).
+        efficiency: ``recall / oracle_recall``, what the pattern language costs this head.
+    """
+
     head: int
     pattern: Pattern
-    recall: float | None = None
-    density: float | None = None
-    oracle_recall: float | None = None
-    oracle_fidelity: float | None = None
-    efficiency: float | None = None
+    recall: Recorded = None
+    density: Recorded = None
+    oracle_recall: Recorded = None
+    oracle_fidelity: Recorded = None
+    efficiency: Recorded = None
 
 
 @dataclass(frozen=True)
@@ -223,68 +238,31 @@ def _float(x, path: str, lo: float = 0.0, hi: float = 1.0) -> float:
     return _number(x, path, lo, hi)
 
 
+def _listed(x, path: str, count: int, what: str, required: set[str] = frozenset(), optional: set[str] = frozenset()):
+    """``(index, entry, entry path)`` of a config's list of ``count`` layers or heads (``what``): mappings that
+    number themselves in order (``{what}: index``), with the ``required`` and ``optional`` keys besides."""
+    raw = _list(x, path)
+    if len(raw) != count:
+        raise _fail(path, f"has {len(raw)} {what}s but geometry.{what}s is {count}")
+    for i, entry in enumerate(raw):
+        ep = f"{path}[{i}]"
+        entry = _mapping(entry, ep, {what, *required}, optional)
+        if _int(entry[what], f"{ep}.{what}", 0) != i:
+            raise _fail(f"{ep}.{what}", f"expected {what} {i} here ({what}s are listed in order), got {entry[what]}")
+        yield i, entry, ep
+
+
 def _pattern(entry: dict, path: str, grid: tuple[int, int, int]) -> Pattern:
+    """A head's pattern: ``pattern: dense`` or ``groups`` (and ``sinks``), read by `pattern_from_yaml`."""
     if "pattern" in entry and "groups" in entry:
         raise _fail(path, "give either 'pattern: dense' or 'groups', not both")
     if "pattern" in entry:
         if entry["pattern"] != "dense":
             raise _fail(f"{path}.pattern", f"the only named pattern is 'dense', got {entry['pattern']!r}")
-        if "sinks" in entry:
-            raise _fail(f"{path}.sinks", "a dense pattern has no sinks (it already attends to every key)")
-        return Pattern.dense()
+        return pattern_from_yaml("dense", entry.get("sinks"), path=path)
     if "groups" not in entry:
         raise _fail(path, "missing 'groups' (or 'pattern: dense')")
-    groups = []
-    nt, nh, nw = grid
-    raw = _list(entry["groups"], f"{path}.groups")
-    if not raw:
-        raise _fail(f"{path}.groups", "needs at least one frame group (use 'pattern: dense' for full attention)")
-    prev_hi = -1
-    for gi, g in enumerate(raw):
-        gp = f"{path}.groups[{gi}]"
-        g = _mapping(g, gp, {"dt", "windows"})
-        dt = _list(g["dt"], f"{gp}.dt", 2)
-        lo, hi = _int(dt[0], f"{gp}.dt[0]", 0), _int(dt[1], f"{gp}.dt[1]", 0)
-        if lo > hi:
-            raise _fail(f"{gp}.dt", f"[lo, hi] needs lo <= hi, got [{lo}, {hi}]")
-        if lo <= prev_hi:
-            raise _fail(f"{gp}.dt",
-                        f"groups must be ascending and disjoint; starts at {lo}, previous ends at {prev_hi}")
-        if hi > nt - 1:
-            raise _fail(f"{gp}.dt",
-                        f"distance {hi} is larger than the grid allows ({nt} tile frames: at most {nt - 1})")
-        prev_hi = hi
-        wins = _list(g["windows"], f"{gp}.windows")
-        if not 1 <= len(wins) <= 2:
-            raise _fail(f"{gp}.windows", f"needs 1 or 2 windows, got {len(wins)}")
-        windows = []
-        for wi, w in enumerate(wins):
-            wp = f"{gp}.windows[{wi}]"
-            w = _list(w, wp, 2)
-            h_, w_ = _int(w[0], f"{wp}[0]", 1), _int(w[1], f"{wp}[1]", 1)
-            if h_ > nh or w_ > nw:
-                raise _fail(wp, f"window [{h_}, {w_}] is larger than the tile grid [{nh}, {nw}] (rows, cols)")
-            windows.append(Window(h_, w_))
-        groups.append(FrameGroup(lo, hi, tuple(windows)))
-    return Pattern(tuple(groups), _sinks(entry.get("sinks", []), f"{path}.sinks", grid))
-
-
-def _sinks(raw, path: str, grid: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
-    """``sinks: [[t, h, w], ...]``: distinct key tiles inside the tile grid, at most `MAX_SINKS`."""
-    raw = _list(raw, path)
-    if len(raw) > MAX_SINKS:
-        raise _fail(path, f"at most {MAX_SINKS} sinks, got {len(raw)}")
-    out: list[tuple[int, int, int]] = []
-    for si, x in enumerate(raw):
-        sp = f"{path}[{si}]"
-        x = _list(x, sp, 3)
-        tile = tuple(_int(v, f"{sp}[{i}]", 0) for i, v in enumerate(x))
-        if not all(v < n for v, n in zip(tile, grid)):
-            raise _fail(sp, f"key tile {list(tile)} lies outside the tile grid {list(grid)} (t, h, w)")
-        if tile in out:
-            raise _fail(sp, f"key tile {list(tile)} is listed twice")
-        out.append(tile)
-    return tuple(out)
+    return pattern_from_yaml(entry["groups"], entry.get("sinks"), path=path, grid=grid)
 
 
 def _v1_schedule(d: dict) -> tuple[int, float, list[tuple[float, float]], list[int]]:
@@ -339,22 +317,10 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     m = _mapping(d["model"], "model", {"id", "adapter"})
     g = _mapping(d["geometry"], "geometry", {"frames", "height", "width", "layers", "heads", "head_dim"},
                  {"text_tokens", "text_position"})
-    for k in ("frames", "height", "width", "layers", "heads", "head_dim"):
-        _int(g[k], f"geometry.{k}", 1)
-    text_tokens = _int(g.get("text_tokens", 0), "geometry.text_tokens", 0)
-    from compactsearch.limits import check_attention_shape, check_caps  # the memory limit (README)
-
-    check_caps({**{k: g[k] for k in ("frames", "height", "width", "layers", "heads", "head_dim")},
-                "text_tokens": text_tokens}, "geometry")
-    text_position = g.get("text_position", "none")
-    if text_position not in TEXT_POSITIONS:
-        raise _fail("geometry.text_position", f"must be one of {', '.join(TEXT_POSITIONS)}, got {text_position!r}")
-    geometry = VideoGeometry(g["frames"], g["height"], g["width"], text_tokens, text_position)
-    t = _mapping(d["tiling"], "tiling", {"tile", "block_size"})
-    tile = tuple(_int(x, f"tiling.tile[{i}]", 1) for i, x in enumerate(_list(t["tile"], "tiling.tile", 3)))
-    block_size = _int(t["block_size"], "tiling.block_size", 1)
-    if block_size not in BLOCK_SIZES:
-        raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    geometry = geometry_from_yaml(g)
+    model_shape = {k: _int(g[k], f"geometry.{k}", 1) for k in ("layers", "heads", "head_dim")}
+    check_caps(model_shape, "geometry")
+    tile, block_size = tiling_from_yaml(_mapping(d["tiling"], "tiling", {"tile", "block_size"}))
     check_attention_shape(geometry.seq_len, block_size, g["heads"], g["head_dim"], "geometry")
     layout = TileLayout(geometry, tile, block_size)
     v1 = d["format"] == "compactsearch/v1"
@@ -363,24 +329,11 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     buckets = []
     for bi, b in enumerate(d["buckets"]):
         bp = f"buckets[{bi}]"
-        layers_raw = _list(b["layers"], f"{bp}.layers")
-        if len(layers_raw) != L:
-            raise _fail(f"{bp}.layers", f"has {len(layers_raw)} layers but geometry.layers is {L}")
         layers = []
-        for li, lc in enumerate(layers_raw):
-            lp = f"{bp}.layers[{li}]"
-            lc = _mapping(lc, lp, {"layer", "heads"})
-            if _int(lc["layer"], f"{lp}.layer", 0) != li:
-                raise _fail(f"{lp}.layer", f"expected layer {li} here (layers are listed in order), got {lc['layer']}")
-            heads_raw = _list(lc["heads"], f"{lp}.heads")
-            if len(heads_raw) != H:
-                raise _fail(f"{lp}.heads", f"has {len(heads_raw)} heads but geometry.heads is {H}")
+        for li, lc, lp in _listed(b["layers"], f"{bp}.layers", L, "layer", required={"heads"}):
             heads = []
-            for hi, hc in enumerate(heads_raw):
-                hp = f"{lp}.heads[{hi}]"
-                hc = _mapping(hc, hp, {"head"}, {"pattern", "groups", "sinks", "recall", "density", *_HEAD_NUMBERS})
-                if _int(hc["head"], f"{hp}.head", 0) != hi:
-                    raise _fail(f"{hp}.head", f"expected head {hi} here (heads are listed in order), got {hc['head']}")
+            for hi, hc, hp in _listed(lc["heads"], f"{lp}.heads", H, "head",
+                                      optional={"pattern", "groups", "sinks", "recall", "density", *_HEAD_NUMBERS}):
                 pattern = _pattern(hc, hp, layout.grid_thw)
                 recall = _float(hc["recall"], f"{hp}.recall") if "recall" in hc else None
                 density = _float(hc["density"], f"{hp}.density") if "density" in hc else None

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CompactSearchError", "InputError", "CheckFailed"]
+__all__ = ["CompactSearchError", "InputError", "CheckFailed", "lookup"]
 
 
 class CompactSearchError(Exception):
@@ -24,3 +24,11 @@ class CheckFailed(CompactSearchError):
     """A check ran and failed (numerics, density over budget, ...). Exit code 1."""
 
     exit_code = 1
+
+
+def lookup(table: dict, name, what: str, plural: str | None = None):
+    """``table[name]``, or an `InputError` saying ``unknown {what} {name!r}; known {plural}: ...``."""
+    try:
+        return table[name]
+    except KeyError:
+        raise InputError(f"unknown {what} {name!r}; known {plural or what + 's'}: {', '.join(sorted(table))}") from None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compactsearch import _schema
 from compactsearch.errors import InputError
+from compactsearch.limits import check_caps
 
-__all__ = ["VideoGeometry", "TEXT_POSITIONS"]
+__all__ = ["VideoGeometry", "TEXT_POSITIONS", "geometry_from_yaml"]
 
 TEXT_POSITIONS = ("none", "front", "back")
 
@@ -82,3 +84,18 @@ class VideoGeometry:
             "text_tokens": self.text_tokens,
             "text_position": self.text_position,
         }
+
+
+def geometry_from_yaml(g: dict, path: str = "geometry") -> VideoGeometry:
+    """The `VideoGeometry` of a ``geometry:`` mapping whose keys the caller has checked (``frames``, ``height``,
+    ``width``, optional ``text_tokens`` and ``text_position``): integers read with their path, sizes within the
+    caps (`compactsearch.limits`), then the dataclass's own rules. The one reader of a geometry in a file
+    (configs, profiles)."""
+    sizes = {k: _schema.integer(g[k], f"{path}.{k}", 1) for k in ("frames", "height", "width")}
+    sizes["text_tokens"] = _schema.integer(g.get("text_tokens", 0), f"{path}.text_tokens", 0)
+    check_caps(sizes, path)
+    text_position = g.get("text_position", "none")
+    if text_position not in TEXT_POSITIONS:
+        raise _schema.fail(f"{path}.text_position", f"must be one of {', '.join(TEXT_POSITIONS)}, got "
+                           f"{text_position!r}")
+    return VideoGeometry(sizes["frames"], sizes["height"], sizes["width"], sizes["text_tokens"], text_position)

@@ -1,7 +1,7 @@
 """Retargeting: run one searched config at another token grid or step count of the same model.
 
 A config's heads are patterns in *tiles* of one tile shape on one token grid. Retargeting re-chooses the tiling
-for the new grid (`compactsearch.tiling.default_tiling`) and maps every pattern:
+for the new grid (`compactsearch.tile_choice.default_tiling`) and maps every pattern:
 
 - **windows** (rows and columns) and **frame-group distances** keep their extent in tokens (``rule="tokens"``,
   the default) or their share of the grid (``rule="fraction"``), rounded to whole tiles of the new tile shape;
@@ -34,7 +34,8 @@ from compactsearch.config import Config, HeadConfig, LayerConfig, summarize
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+from compactsearch.tile_choice import default_tile_shape, default_tiling
+from compactsearch.tiling import TileLayout
 
 __all__ = ["RULES", "LatentFactors", "FACTORS", "token_grid", "retarget", "retarget_pattern"]
 

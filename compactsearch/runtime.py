@@ -12,9 +12,10 @@ seam of `compactsearch.adapters.base`), and two forward pre-hooks on each transf
   processor computes them (the adapter's ``"dense"`` mode); other steps run the bucket's layer mask
   (`Config.layer_mask`, built once per (bucket, layer) and kept on the device).
 
-A sparse call permutes q, k, v ``[B, H, N, D]`` to tile order (`TileLayout.to_tile_order`), runs
+A sparse call permutes q, k, v ``[B, H, N, D]`` to tile order (`compact_attn.permute.to_tile_order`), runs
 `compact_attn.block_sparse_attention` (the Triton kernel on CUDA, the PyTorch reference on CPU; head dims
-other than 64 and 128, which the kernel does not take, run the reference) and permutes the output back.
+other than 64 and 128, which the kernel does not take, run the reference) and writes the output back in model
+order into ``[B, N, H, D]`` memory (`to_model_order`: the processor's reshape is then a view).
 Text keys a model pads and masks (HunyuanVideo, Mochi) are cut off per batch item: the sparse attention runs on
 the valid prefix (text stays dense, so the layout only loses padded text tokens) and the padded query rows
 attend densely to the valid keys, as the original does.
@@ -44,7 +45,7 @@ from compact_attn import permute
 from compact_attn import reference as _reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters import AttentionCall, AttentionContext, get_adapter, install
-from compactsearch.adapters.base import Installation
+from compactsearch.adapters.base import Installation, forward_arguments
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
@@ -80,28 +81,24 @@ class AttentionTimer:
         return (self._call, step)
 
     def wrap(self, inst: Installation) -> None:
-        """Bracket every processor's attention call of an installation (until it is restored)."""
-        ctx = inst.ctx
-        for proc in inst.processors:
-            inner = proc._attend
+        """Time every attention call of an installation's processors (through its context, until restored)."""
+        inst.ctx.timer = self
 
-            def timed(*args, _inner=inner, **kwargs):
-                q = args[0] if args else kwargs["q"]
-                cuda = q.is_cuda
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                else:
-                    start = time.perf_counter()
-                out = _inner(*args, **kwargs)
-                if cuda:
-                    end.record()
-                else:
-                    end = time.perf_counter()
-                self.records.append((self._key(ctx.step), ctx.mode, start, end))
-                return out
-
-            proc._attend = timed  # an instance attribute shadows the method for this processor only
+    @contextlib.contextmanager
+    def timing(self, ctx: AttentionContext, q: torch.Tensor) -> Iterator[None]:
+        """Bracket one attention call (the processors call this through ``ctx.timer``)."""
+        cuda = q.is_cuda
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            start = time.perf_counter()
+        yield
+        if cuda:
+            end.record()
+        else:
+            end = time.perf_counter()
+        self.records.append((self._key(ctx.step), ctx.mode, start, end))
 
     def summary(self) -> dict:
         """Seconds per denoising step: the median over every (pipeline call, step) recorded, so the first steps'
@@ -135,12 +132,20 @@ def timed_dense(pipe, adapter: str, timer: AttentionTimer) -> Iterator[Installat
     fam = get_adapter(adapter)
     ctx = AttentionContext(mode="dense")
     inst = install(pipe, fam, ctx)
-    reset_hooks = _add_reset_hooks(fam.transformers(pipe), ctx)
-    try:
-        timer.wrap(inst)
+    with _installed_for_block(inst, _add_reset_hooks(fam.transformers(pipe), ctx), timer):
         yield inst
+
+
+@contextlib.contextmanager
+def _installed_for_block(inst: Installation, hooks: list, timer: AttentionTimer | None) -> Iterator[None]:
+    """Keep an installation (and its extra hooks) for a ``with`` block, timed when ``timer`` is given; restore it
+    after, also after an exception: the model computes bit for bit what it computed before."""
+    try:
+        if timer is not None:
+            timer.wrap(inst)
+        yield
     finally:
-        for h in reset_hooks:
+        for h in hooks:
             h.remove()
         inst.restore()
 
@@ -151,12 +156,10 @@ def _max_timestep(timestep) -> float:
 
 def _add_reset_hooks(transformers, ctx: AttentionContext) -> list:
     """Pre-hooks that run before the adapter's: a larger timestep than the last one starts a new pipeline call."""
-    from compactsearch.adapters.base import _bound_arguments
-
     hooks = []
     for tr in transformers:
         def reset(module, args, kwargs):
-            t = _bound_arguments(module, args, kwargs).get("timestep")
+            t = forward_arguments(module, args, kwargs).get("timestep")
             if t is not None and ctx.timestep is not None and _max_timestep(t) > ctx.timestep:
                 ctx.reset()
 
@@ -403,11 +406,7 @@ def apply(pipe, config: Config | str | Path, *, model_id: str | None = None, bac
 
     hooks = reset_hooks + [tr.register_forward_pre_hook(schedule, with_kwargs=True) for tr in transformers]
     try:
-        if timer is not None:
-            timer.wrap(inst)
-        yield rt
+        with _installed_for_block(inst, hooks, timer):
+            yield rt
     finally:
-        for h in hooks:
-            h.remove()
-        inst.restore()
         rt._masks.clear()

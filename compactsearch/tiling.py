@@ -4,32 +4,67 @@ Video tokens are grouped into 3D tiles of ``tile_thw = (tt, th, tw)`` tokens so 
 neighbours in space and time. The tile grid is ``ceil(frames/tt) x ceil(height/th) x ceil(width/tw)``;
 tiles on the far edges are partial. Tile order (the order the kernel sees) is::
 
-    [full tiles, raster order][partial tiles, raster order][text tokens]
+    [full tiles, raster order][partial tiles, face by face, snake order inside each face][text tokens]
 
-Inside a tile tokens keep raster order. When ``tt*th*tw`` is a multiple of ``block_size`` every full tile is a
-whole number of kernel blocks; partial tiles are packed densely after them, so a block there may straddle a few
-neighbouring partial tiles, and the last video block may share its slots with the first text tokens. Nothing
-is padded: the tile-order sequence is a pure permutation of the model's sequence, of the same length.
+(`_tile_order`: partial tiles are grouped by which axes are cut short, and each group is walked as a
+boustrophedon, so consecutive partial tiles are spatial neighbours.) Inside a tile tokens keep raster order.
+When ``tt*th*tw`` is a multiple of ``block_size`` every full tile is a whole number of kernel blocks; partial
+tiles are packed densely after them, so a block there may straddle a few neighbouring partial tiles, and the last
+video block may share its slots with the first text tokens. Nothing is padded: the tile-order sequence is a pure
+permutation of the model's sequence, of the same length.
 
 The cost of that packing is the *tiling waste*: token pairs the kernel computes (whole blocks, the ragged
 sequence tail counted as a full block) over the token pairs the tile-level pattern allows, minus one.
-`default_tile_shape` picks, per geometry, the tile shape with the least waste for a ~30% local window.
+`compactsearch.tile_choice` picks, per geometry, the tile shape with the least waste.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
+from compactsearch import _schema
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 
-__all__ = ["TileLayout", "default_tile_shape", "default_tiling", "panel_waste", "BLOCK_SIZES", "WASTE_TARGET"]
+__all__ = ["TileLayout", "BLOCK_SIZES", "tile_problem", "tiling_from_yaml"]
 
-BLOCK_SIZES = (64, 128)
+BLOCK_SIZES = (64, 128)  # the kernel block sizes a layout may use
+
+
+def tile_problem(tile, block_size) -> str | None:
+    """What is wrong with a tile shape and a block size (a message naming ``tiling.tile`` or
+    ``tiling.block_size``), or None: the tile is three positive integers, the block size one of `BLOCK_SIZES`,
+    and a tile holds a whole number of blocks. ``tile=None`` checks the block size alone."""
+    if tile is not None and (len(tile) != 3 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1
+                                                   for x in tile)):
+        return f"tiling.tile: must be three positive integers (frames, rows, cols), got {list(tile)!r}"
+    if block_size not in BLOCK_SIZES:
+        return f"tiling.block_size: must be one of {BLOCK_SIZES}, got {block_size!r}"
+    if tile is not None and math.prod(tile) % block_size:
+        return (f"tiling.tile: {list(tile)} holds {math.prod(tile)} tokens, not a multiple of block_size "
+                f"{block_size}; pick a tile whose product is a multiple of {block_size}")
+    return None
+
+
+def tiling_from_yaml(t: dict) -> tuple[tuple[int, int, int] | None, int | None]:
+    """``(tile, block_size)`` of a ``tiling:`` mapping whose keys the caller has checked; an absent (or null)
+    entry stays None, and a tile needs its block size. The one reader of a tiling in a file (configs, profiles,
+    recipes); the rules are `tile_problem`'s."""
+    tile, block_size = t.get("tile"), t.get("block_size")
+    if tile is not None:
+        tile = tuple(_schema.integer(x, f"tiling.tile[{i}]", 1)
+                     for i, x in enumerate(_schema.lst(tile, "tiling.tile", 3)))
+    if block_size is not None:
+        block_size = _schema.integer(block_size, "tiling.block_size", 1)
+    elif tile is not None:
+        raise _schema.fail("tiling", "give block_size together with tile (64 or 128)")
+    problem = None if block_size is None else tile_problem(tile, block_size)
+    if problem:
+        raise InputError(problem)
+    return tile, block_size
 
 
 def _axis_tiles(length: int, tile: int) -> torch.Tensor:
@@ -64,16 +99,10 @@ class TileLayout:
 
     def __post_init__(self) -> None:
         g = self.geometry
-        if len(self.tile_thw) != 3 or any((not isinstance(t, int)) or t < 1 for t in self.tile_thw):
-            raise InputError(f"tiling.tile must be three positive integers (frames, rows, cols), got {self.tile_thw!r}")
-        if self.block_size not in BLOCK_SIZES:
-            raise InputError(f"tiling.block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        problem = tile_problem(self.tile_thw, self.block_size)
+        if problem:
+            raise InputError(problem)
         tile_tokens = math.prod(self.tile_thw)
-        if tile_tokens % self.block_size:
-            raise InputError(
-                f"tiling.tile {list(self.tile_thw)} holds {tile_tokens} tokens, not a multiple of block_size "
-                f"{self.block_size}: pick a tile whose product is a multiple of {self.block_size}"
-            )
         sizes = [_axis_tiles(length, t) for length, t in zip(g.thw, self.tile_thw)]
         grid = tuple(len(s) for s in sizes)
         ct, ch, cw = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
@@ -211,84 +240,3 @@ def _tile_order(coords: torch.Tensor, sizes: list[torch.Tensor], tile_thw, full:
     n = coords.shape[0]
     key = torch.where(full, torch.arange(n), n + face * n + snake)
     return torch.argsort(key)
-
-
-def _candidate_tiles(geometry: VideoGeometry, block_size: int) -> list[tuple[int, int, int]]:
-    """Compact tile shapes of 1x or 2x ``block_size`` tokens that fit the grid.
-
-    Tiles stay compact so a block holds true neighbours: at most 4 frames deep, rows and columns between 4
-    and 16 with an aspect ratio of at most 2 (the shapes STA and VSA use are in this family).
-    """
-    out = []
-    for mult in (1, 2):
-        target = block_size * mult
-        for tt in (1, 2, 4):
-            for th in (4, 8, 16):
-                tw = target // (tt * th)
-                if tt * th * tw != target or not 4 <= tw <= 16 or max(th, tw) > 2 * min(th, tw):
-                    continue
-                if tt <= geometry.frames and th <= geometry.height and tw <= geometry.width:
-                    out.append((tt, th, tw))
-    return out
-
-
-#: Largest mean tiling waste over the reference panel at which `default_tiling` keeps 128-token blocks.
-WASTE_TARGET = 0.06
-
-
-def panel_waste(layout: TileLayout) -> float:
-    """Mean tiling waste of the reference panel (local, cross, time-decaying) on this layout."""
-    from compactsearch.patterns import block_mask_from_tile_mask, reference_panel, tile_mask
-
-    wastes = []
-    for pattern in reference_panel(layout):
-        tm = tile_mask(pattern, layout)
-        wastes.append(layout.tiling_waste(tm, block_mask_from_tile_mask(tm, layout)))
-    return sum(wastes) / len(wastes)
-
-
-@functools.lru_cache(maxsize=64)
-def _best_tile(geometry: VideoGeometry, block_size: int) -> tuple[tuple[int, int, int], float]:
-    candidates = _candidate_tiles(geometry, block_size)
-    if not candidates:  # grid smaller than any tile: a single partial tile covers it
-        tile = _covering_tile(geometry, block_size)
-        return tile, panel_waste(TileLayout(geometry, tile, block_size))
-    scored = []
-    for tile in candidates:
-        waste = panel_waste(TileLayout(geometry, tile, block_size))
-        # One-block tiles build masks fastest (no gather over full tiles): prefer them unless a two-block
-        # tile saves more than one point of waste.
-        penalty = 0.01 if math.prod(tile) > block_size else 0.0
-        scored.append(((round(waste + penalty, 3), math.prod(tile), max(tile) / min(tile)), tile, waste))
-    _, tile, waste = min(scored)
-    return tile, waste
-
-
-def default_tile_shape(geometry: VideoGeometry, block_size: int = 128) -> tuple[int, int, int]:
-    """The tile shape with the least tiling waste on the reference panel (see `panel_waste`).
-
-    Candidates are compact tiles of ``block_size`` or ``2*block_size`` tokens; ties go to the smaller, more
-    cubic tile. Grids smaller than one tile get a tile that covers them.
-    """
-    return _best_tile(geometry, block_size)[0]
-
-
-def default_tiling(geometry: VideoGeometry) -> tuple[tuple[int, int, int], int]:
-    """``(tile, block_size)`` for a geometry: 128-token blocks (fastest kernel) unless their best tile wastes
-    more than `WASTE_TARGET` on the reference panel, then 64-token blocks if those waste less."""
-    tile, waste = _best_tile(geometry, 128)
-    if waste <= WASTE_TARGET:
-        return tile, 128
-    tile64, waste64 = _best_tile(geometry, 64)
-    return (tile64, 64) if waste64 < waste else (tile, 128)
-
-
-def _covering_tile(geometry: VideoGeometry, block_size: int) -> tuple[int, int, int]:
-    f, h, w = geometry.thw
-    tt = 1
-    while tt * 2 <= f and block_size % (tt * 2) == 0:
-        tt *= 2
-    th = 1
-    while th * 2 <= h and (block_size // tt) % (th * 2) == 0:
-        th *= 2
-    return (tt, th, block_size // (tt * th))

@@ -11,13 +11,12 @@ Checks (each a `Check(name, ok, detail)`):
 - ``numerics``: the block-sparse reference attention equals dense attention restricted to the same mask on
   random q/k/v at the config's geometry, on a sample of heads and query blocks per layer (fp32, max abs
   error <= 1e-4);
-- ``kernel`` (optional): the bundled Triton kernel against the reference (see `compactsearch.kernel_check`);
+- ``kernel`` (optional): the bundled Triton kernel against the reference (see `compactsearch.kernel.check`);
   a kernel that cannot run on the config (a head dim it does not take, out of memory) fails this check.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,10 +25,10 @@ import torch
 from compact_attn import reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.config import FORMAT, Config, run_density
-from compactsearch.patterns import block_mask_from_tile_mask, tile_mask
+from compactsearch.masks import block_mask_from_tile_mask, tile_mask
 from compactsearch.tiling import TileLayout
 
-__all__ = ["Check", "ValidationReport", "validate_config", "head_rows"]
+__all__ = ["Check", "ValidationReport", "validate_config", "row_token_mask"]
 
 NUMERIC_ATOL = 1e-4
 
@@ -71,6 +70,14 @@ def _sub_mask(mask: BlockSparseMask, heads: list[int]) -> BlockSparseMask:
                            mask.seq_len)
 
 
+def row_token_mask(dense_blocks: torch.Tensor, rows: torch.Tensor, block_q: int, block_k: int, n: int
+                   ) -> torch.Tensor:
+    """``[h, len(rows), n]`` bool: which keys the query ``rows`` attend under a dense block mask ``[h, NQB, NKB]``
+    (the token mask a masked dense reference runs with)."""
+    k_blk = torch.arange(n, device=dense_blocks.device) // block_k
+    return dense_blocks[:, rows // block_q][:, :, k_blk]
+
+
 def _numeric_error(mask: BlockSparseMask, heads: list[int], q_blocks: torch.Tensor,
                    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
     """Max |block-sparse reference - masked dense| on the sampled heads and query blocks, fp32.
@@ -79,22 +86,16 @@ def _numeric_error(mask: BlockSparseMask, heads: list[int], q_blocks: torch.Tens
     """
     sub = _sub_mask(mask, heads)
     N = mask.seq_len
-    head_dim = qkv[0].shape[-1]
     q, k, v = qkv
     out = reference.block_sparse_attention(q, k, v, sub, q_blocks=q_blocks)
     dense_blocks = sub.to_dense()  # [h, NQB, NKB]
-    k_blk = torch.arange(N) // mask.block_k
     err = 0.0
     for qb in q_blocks.tolist():
         rows = torch.arange(qb * mask.block_q, min((qb + 1) * mask.block_q, N))
-        allowed = dense_blocks[:, qb][:, k_blk]  # [h, N]
-        tok_mask = allowed[:, None, :].expand(-1, rows.numel(), -1)
-        # Dense attention over all N keys with the mask applied element-wise, for these rows only.
-        s = torch.einsum("hqd,hkd->hqk", q[0][:, rows], k[0]) / math.sqrt(head_dim)
-        s = s.masked_fill(~tok_mask, float("-inf"))
-        p = torch.softmax(s, -1).nan_to_num(0.0)
-        ref = torch.einsum("hqk,hkd->hqd", p, v[0])
-        err = max(err, float((out[0][:, rows] - ref).abs().max()))
+        # dense attention over all N keys with the mask applied element-wise, for these rows only
+        allowed = row_token_mask(dense_blocks, rows, mask.block_q, mask.block_k, N)
+        ref = reference.masked_dense_attention(q[:, :, rows], k, v, allowed)
+        err = max(err, float((out[0][:, rows] - ref[0]).abs().max()))
     return err
 
 
@@ -202,24 +203,3 @@ def validate_config(
         layer_density=tuple(layer_density),
         extra={"kernel_results": [c.detail for c in kernel_checks]} if kernel_checks else {},
     )
-
-
-def head_rows(config: Config, bucket: int | None = None, layer: int | None = None) -> list[dict]:
-    """One row per (bucket, layer, head): pattern text, built block density, recall, oracle recall and pattern
-    efficiency when the search recorded them (None otherwise)."""
-    layout = config.layout()
-    rows = []
-    for bi, b in enumerate(config.buckets):
-        if bucket is not None and b.id != bucket:
-            continue
-        for li, lc in enumerate(b.layers):
-            if layer is not None and li != layer:
-                continue
-            mask = config.layer_mask(bi, li, layout)
-            dens = mask.head_density()
-            for hc in lc.heads:
-                rows.append({"bucket": b.id, "steps": list(config.bucket_steps(bi)), "layer": li, "head": hc.head,
-                             "pattern": hc.pattern.describe(), "density": float(dens[hc.head]),
-                             "recall": hc.recall, "oracle_recall": hc.oracle_recall,
-                             "efficiency": hc.efficiency})
-    return rows

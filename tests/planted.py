@@ -23,7 +23,8 @@ import random
 import torch
 
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_mask
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.profile.store import Profile
 from compactsearch.tiling import TileLayout
 

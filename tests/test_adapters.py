@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_transformers import TINY_WAN_CONFIG, tiny_transformer
 
 from compactsearch.adapters import ADAPTERS, AttentionContext, get_adapter, install, installed
 from compactsearch.errors import InputError
@@ -17,7 +18,7 @@ from compactsearch.tiling import TileLayout
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
 def test_conformance_pass_through_capture_and_restore(name):
     adapter = get_adapter(name)
-    model, inputs = adapter.tiny_transformer(0)
+    model, inputs = tiny_transformer(adapter.name, 0)
     modules = adapter.attention_modules(model)
     originals = [m.processor for m in modules]
     with torch.no_grad():
@@ -46,13 +47,13 @@ def test_conformance_pass_through_capture_and_restore(name):
 
 def test_only_self_attention_is_swapped():
     adapter = get_adapter("hunyuan_video")
-    model, _ = adapter.tiny_transformer(0)
+    model, _ = tiny_transformer(adapter.name, 0)
     refiner = [m for n, m in model.named_modules() if "token_refiner" in n and hasattr(m, "processor")]
     before = [m.processor for m in refiner]
     with installed(model, adapter):
         assert [m.processor for m in refiner] == before
     wan = get_adapter("wan")
-    model, _ = wan.tiny_transformer(0)
+    model, _ = tiny_transformer(wan.name, 0)
     cross = [b.attn2.processor for b in model.blocks]
     with installed(model, wan):
         assert [b.attn2.processor for b in model.blocks] == cross
@@ -65,7 +66,7 @@ def test_unknown_adapter_names_the_known_ones():
 
 def test_sparse_mode_calls_attend_and_matches_dense():
     adapter = get_adapter("wan")
-    model, inputs = adapter.tiny_transformer(0)
+    model, inputs = tiny_transformer(adapter.name, 0)
 
     def attend(call, q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -78,7 +79,7 @@ def test_sparse_mode_calls_attend_and_matches_dense():
 
 
 def test_step_counter_counts_cfg_forwards_once_and_tracks_experts():
-    from compactsearch.adapters.wan import tiny_wan_pipeline
+    from compactsearch.adapters.pipelines import tiny_wan_pipeline
 
     pipe = tiny_wan_pipeline(experts=2)
     pipe.set_progress_bar_config(disable=True)
@@ -116,7 +117,6 @@ def test_captured_block_mass_equals_brute_force_on_tiny_wan(monkeypatch, head_di
     from diffusers import WanTransformer3DModel
     from diffusers.models.transformers import transformer_wan
 
-    from compactsearch.adapters.wan import TINY_WAN_CONFIG
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(**dict(TINY_WAN_CONFIG, attention_head_dim=head_dim)).eval()
@@ -167,7 +167,7 @@ def test_masked_block_mass_matches_brute_force_with_padded_text():
 
 def test_capture_rejects_a_changed_geometry():
     adapter = get_adapter("wan")
-    model, inputs = adapter.tiny_transformer(0)
+    model, inputs = tiny_transformer(adapter.name, 0)
     sink = BlockMassCapture({0: 0}, block_size=64, geometry=VideoGeometry(3, 8, 4))
     with torch.no_grad(), installed(model, adapter, AttentionContext(mode="capture", sink=sink)):
         with pytest.raises(InputError, match="every prompt must give the same sequence"):
@@ -175,6 +175,6 @@ def test_capture_rejects_a_changed_geometry():
 
 
 def test_install_rejects_a_model_of_another_family():
-    model, _ = get_adapter("ltx").tiny_transformer(0)
+    model, _ = tiny_transformer("ltx", 0)
     with pytest.raises(InputError, match="adapter 'wan' found no transformer"):
         install(model, get_adapter("wan"))

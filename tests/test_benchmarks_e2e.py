@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import cost_model, e2e  # noqa: E402
-from compactsearch.search.evaluate import CostModel  # noqa: E402
+from compactsearch.search.scoring import CostModel  # noqa: E402
 
 
 def test_e2e_runs_one_family_at_tiny_size(tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 from compactsearch.config import config_from_dict, load_config, summarize
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import build_layer_mask, pattern_block_mask
+from compactsearch.masks import build_layer_mask, pattern_block_mask
 from compactsearch.profile import Profile
 from compactsearch.tiling import TileLayout
 from tests.conftest import small_config

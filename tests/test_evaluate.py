@@ -13,11 +13,13 @@ from compactsearch.adapters import register_model
 from compactsearch.cli import main
 from compactsearch.config import load_config, summarize
 from compactsearch.errors import InputError
-from compactsearch.evaluate import baseline_configs, evaluate, psnr, side_by_side, ssim, write_video
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import Pattern
 from compactsearch.profile.recipe import load_recipe
+from compactsearch.quality import evaluate, psnr, ssim
+from compactsearch.search.baselines import baseline_configs
 from compactsearch.tinymodel.model import TINY_WAN_CONFIG, build_pipeline, build_transformer
+from compactsearch.video import side_by_side, write_video
 from tests.planted import planted_profile
 from tests.test_runtime import OWN_FRAME, WAN_GEOMETRY, make_config
 

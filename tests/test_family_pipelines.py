@@ -16,10 +16,10 @@ from compactsearch.adapters import get_adapter, load_pipeline
 from compactsearch.adapters.pipelines import FAMILIES, build_family_pipeline, family_transformer_config
 from compactsearch.cli import main
 from compactsearch.config import load_config
-from compactsearch.evaluate import pipeline_kwargs
 from compactsearch.profile.recipe import load_recipe
 from compactsearch.profile.store import Profile
 from compactsearch.runtime import apply
+from compactsearch.video import pipeline_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY_RECIPES = ["hunyuan-video", "cogvideox-2b", "cogvideox-5b", "ltx", "mochi", "wan22"]

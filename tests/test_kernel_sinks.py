@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from compactsearch.geometry import VideoGeometry  # noqa: E402
-from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask, sink_blocks  # noqa: E402
+from compactsearch.masks import build_layer_mask, sink_blocks  # noqa: E402
+from compactsearch.patterns import FrameGroup, Pattern, Window  # noqa: E402
 from compactsearch.tiling import TileLayout  # noqa: E402
 from tests.test_kernels import _check_attention  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The warp-specialised Gluon kernel (`compact_attn.attention_ws`) on a machine without a GPU.
 
-Gluon has no interpreter, so its output is checked on the GPU (benchmarks/kernel_check.py, BENCHMARKS.md). Here:
+Gluon has no interpreter, so its output is checked on the GPU (benchmarks/kernel_correctness.py, BENCHMARKS.md). Here:
 it compiles for sm_90 with this Triton's own ptxas, without spills, inside the shared memory, with the structure
 its speed rests on (register reallocation between producer and consumers, the softmax overlapping the previous
 tile's P V product); `available` accepts exactly the inputs it handles; and the host wrapper hands it what its

@@ -1,8 +1,9 @@
-"""The Triton kernels (interpreter mode, CPU) against the PyTorch references, and the host wrappers' errors.
+"""The Triton attention kernel (interpreter mode, CPU) against the PyTorch reference, and the wrappers' errors.
 
 Every test draws fresh random inputs, poisons outputs with NaN first and checks they are fully written.
 Tolerance: ``err(kernel, fp32 ref) <= 2 * err(PyTorch in the same low precision, fp32 ref) + atol`` with
-relative Frobenius errors. Sizes are tiny (a few hundred tokens): the interpreter is slow.
+relative Frobenius errors. Sizes are tiny (a few hundred tokens): the interpreter is slow. The block-mass kernel's
+tests are in tests/test_kernel_mass.py.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import compact_attn  # noqa: E402
 from compact_attn import BlockSparseMask, block_mass, block_sparse_attention, reference  # noqa: E402
-from compact_attn._config import INTERPRET, AttnConfig, MassConfig  # noqa: E402
+from compact_attn._config import INTERPRET, AttnConfig  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
-from compact_attn.mass_kernel import block_mass_triton  # noqa: E402
 
 if not INTERPRET:  # pragma: no cover - a misconfigured run must fail loudly, not skip
     raise RuntimeError("tests/test_kernels.py needs TRITON_INTERPRET=1 set before triton is imported")
@@ -118,42 +118,40 @@ def test_attention_tensor_descriptor_path():
 
 
 def _growing_scores_qkv(N: int, D: int, dtype):
-    """q, k, v whose score rows keep growing along the keys (a ramp on k), so a row's running max moves by
-    more than the lazy-rescale threshold well after its first tile: both branches of the rescale run."""
+    """q, k, v whose score rows keep growing along the keys (a ramp on k), so a row's running max moves well
+    after its first tile: the online softmax rescales its accumulator many times along the row."""
     q, k, v = (_rand(1, 2, N, D, dtype=torch.float32) for _ in range(3))
     k = k * torch.linspace(0.5, 6.0, N)[:, None]
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 @pytest.mark.parametrize("use_tma", [False, True])
-@pytest.mark.parametrize("one_trip", [None, True, False])
 @pytest.mark.parametrize("N", [256, 230])
-def test_attention_lazy_rescale(use_tma, one_trip, N):
-    """FA4-style lazy rescaling: exact for rows whose max grows past the threshold mid-row, for a query block
-    with no key block and one that lists only the (ragged) last block, with and without the one-trip loop."""
+def test_attention_growing_scores_empty_and_tail_only_rows(use_tma, N):
+    """Rows whose max grows mid-row, a query block with no key block, and one that lists only the (ragged) last
+    key block."""
     q, k, v = _growing_scores_qkv(N, 64, torch.bfloat16)
     mask = _random_mask(2, N, 64, 64, 0.6, empty_row=True)
     dense = mask.to_dense().clone()
     dense[1, 1] = False
     dense[1, 1, -1] = True  # only the last key block
     mask = BlockSparseMask.from_dense(dense, 64, 64, N)
-    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma, rescale_threshold=8.0,
-                     one_trip=one_trip)
+    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma)
     o = _check_attention(q, k, v, mask, config=cfg)
     assert torch.all(o[0, 0, (mask.num_q_blocks // 2) * 64 : (mask.num_q_blocks // 2 + 1) * 64] == 0)
 
 
 @pytest.mark.parametrize("use_tma", [False, True])
-def test_attention_lazy_rescale_moves_the_reference_max(use_tma):
+def test_attention_climbing_scores_move_the_running_max(use_tma):
     """Scores that climb by ~40 log2 units per key tile (~350 along the row): a kernel that never moved its
-    reference max would overflow (2^128) into inf/NaN, so this fails unless the rescale branch runs. (The
-    softmax sits on the last few keys, so the bf16 rounding of ``p`` does not average out: a fixed tolerance.)"""
+    running max would overflow (2^128) into inf/NaN. (The softmax sits on the last few keys, so the bf16
+    rounding of ``p`` does not average out: a fixed tolerance.)"""
     N, D = 256, 64
     q = torch.ones(1, 2, N, D)
     k = torch.linspace(0.0, 30.0, N)[:, None].expand(N, D)[None, None].repeat(1, 2, 1, 1)
     q, k, v = q.bfloat16(), k.bfloat16(), _rand(1, 2, N, D, dtype=torch.bfloat16)
     mask = BlockSparseMask.dense_mask(2, N, 64, 64)
-    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma, rescale_threshold=8.0)
+    cfg = AttnConfig(block_m=64, block_n=32, num_warps=4, num_stages=1, use_tma=use_tma)
     out = torch.full_like(q, float("nan"))
     o, lse = block_sparse_attention_triton(q, k, v, mask, return_lse=True, out=out, config=cfg)
     ref_o, ref_lse = reference.block_sparse_attention(q.float(), k.float(), v.float(), mask, return_lse=True)
@@ -181,14 +179,6 @@ def test_attention_launch_orders_give_identical_output():
         _work_order(mask, "random")
 
 
-def test_attention_exp2_polynomial_split():
-    """Half the exponentials by the FMA polynomial (FA4's MUFU/FMA split), with lazy rescaling and a tail."""
-    q, k, v = _growing_scores_qkv(230, 128, torch.float16)
-    mask = _random_mask(2, 230, 64, 64, 0.5, "back", 20)
-    _check_attention(q, k, v, mask, config=AttnConfig(block_m=64, block_n=64, num_warps=4, num_stages=1,
-                                                       rescale_threshold=8.0, exp_poly=True))
-
-
 def test_attention_empty_query_block_gives_zero_and_minus_inf_lse():
     q, k, v = (_rand(1, 2, 200, 64, dtype=torch.bfloat16) for _ in range(3))
     mask = _random_mask(2, 200, 64, 64, 0.5, empty_row=True)
@@ -200,7 +190,8 @@ def test_attention_empty_query_block_gives_zero_and_minus_inf_lse():
 def test_attention_real_pattern_mask():
     """A layer mask from the pattern language (local, cross and frame-grouped heads, text at the back)."""
     from compactsearch.geometry import VideoGeometry
-    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
+    from compactsearch.masks import build_layer_mask
+    from compactsearch.patterns import FrameGroup, Pattern, Window
     from compactsearch.tiling import TileLayout
 
     layout = TileLayout(VideoGeometry(4, 6, 10, 17, "back"), (2, 4, 8), 64)
@@ -350,55 +341,6 @@ def test_entry_point_backends(monkeypatch):
         block_sparse_attention(q, k, v, mask, backend="flash")
 
 
-# ------------------------------------------------------------------------------------------------ block mass
-def _torch_lowp_mass(q, k, bq, bk):
-    """Block mass with PyTorch's scores in the inputs' dtype (softmax and sums in fp32)."""
-    s = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
-    p = torch.softmax(s, -1)
-    B, H, N, _ = q.shape
-    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
-    p = F.pad(p, (0, nk * bk - N, 0, nq * bq - N))
-    return p.view(B, H, nq, bq, nk, bk).sum((3, 5))
-
-
-# (name, B, H, N, D, dtype, block_q, block_k, with_lse)
-MASS_CASES = [
-    ("bf16-d64-64x64-ragged", 1, 2, 201, 64, torch.bfloat16, 64, 64, False),
-    ("fp16-d128-64x32", 2, 1, 150, 128, torch.float16, 64, 32, False),
-    ("fp32-d64-32x64", 1, 2, 100, 64, torch.float32, 32, 64, False),
-    ("bf16-d128-128x128-lse", 1, 2, 300, 128, torch.bfloat16, 128, 128, True),
-]
-
-
-@pytest.mark.parametrize("case", MASS_CASES, ids=[c[0] for c in MASS_CASES])
-def test_block_mass_matches_reference(case):
-    _, B, H, N, D, dtype, bq, bk, with_lse = case
-    q, k = _rand(B, H, N, D, dtype=dtype), _rand(B, H, N, D, dtype=dtype)
-    lse = None
-    if with_lse:
-        s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) / math.sqrt(D)
-        lse = torch.logsumexp(s, -1)
-    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
-    out = torch.full((B, H, nq, nk), float("nan"))
-    got = block_mass_triton(q, k, bq, bk, lse=lse, out=out)
-    assert got is out and not torch.isnan(out).any(), "block mass left entries unwritten"
-    ref = reference.block_mass(q.float(), k.float(), bq, bk)
-    err, err_torch = _rel(out, ref), _rel(_torch_lowp_mass(q, k, bq, bk), ref)
-    assert err <= 2 * err_torch + 1e-5, f"block mass error {err:.3e} > 2 x torch error {err_torch:.3e}"
-    tokens = torch.clamp(N - torch.arange(nq) * bq, max=bq).float()
-    assert torch.allclose(out.sum(-1), tokens.expand(B, H, nq), rtol=1e-4)
-
-
-def test_block_mass_entry_point_and_pass_config():
-    q, k = _rand(1, 2, 130, 64, dtype=torch.float16), _rand(1, 2, 130, 64, dtype=torch.float16)
-    tri = block_mass(q, k, 64, 64, backend="triton")
-    ref = block_mass(q, k, 64, 64)  # CPU -> reference
-    assert torch.equal(ref, reference.block_mass(q, k, 64, 64))
-    assert _rel(tri, ref) < 1e-4
-    small = block_mass_triton(q, k, 64, 64, config=MassConfig(32, 16, 4, 1, 4, 1))
-    assert _rel(small, ref) < 1e-4
-
-
 # ------------------------------------------------------------------------------------------ wrapper errors
 def _qkv(B=1, H=2, N=64, D=64, dtype=torch.float16, device="cpu"):
     return tuple(torch.zeros(B, H, N, D, dtype=dtype, device=device) for _ in range(3))
@@ -437,22 +379,6 @@ def test_attention_triton_only_errors():
         block_sparse_attention_triton(q, k, v, BlockSparseMask.dense_mask(2, 64, 64, 64), out=q[:, :1])
 
 
-def test_block_mass_input_errors():
-    q, k, _ = _qkv()
-    with pytest.raises(ValueError, match="q and k must have one shape"):
-        block_mass(q, k[:, :1], 64, 64, backend="triton")
-    with pytest.raises(ValueError, match="head dim must be 64 or 128"):
-        block_mass(q[..., :16], k[..., :16], 64, 64)
-    with pytest.raises(ValueError, match="block_q must be a positive int"):
-        block_mass(q, k, 0, 64)
-    with pytest.raises(ValueError, match=r"lse must be a \[B, H, N\] = \(1, 2, 64\) tensor"):
-        block_mass(q, k, 64, 64, lse=torch.zeros(1, 2, 63))
-    with pytest.raises(ValueError, match=r"block_q and block_k in \(16, 32, 64, 128\); got \(256, 64\)"):
-        block_mass(q, k, 256, 64, backend="triton")
-    with pytest.raises(ValueError, match="out must be a contiguous float32"):
-        block_mass_triton(q, k, 64, 64, out=torch.zeros(1, 2, 1, 2))
-
-
 def test_flex_block_mask_when_max_k_is_below_num_kv_blocks():
     """Regression: `to_flex_block_mask` padded to NKB (FlexAttention reads the index width as NKB)."""
     dense = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -464,7 +390,7 @@ def test_flex_block_mask_when_max_k_is_below_num_kv_blocks():
 
 
 def test_kernel_bench_rejects_cpu_tensors():
-    from compactsearch.kernel_bench import time_against_dense
+    from compactsearch.kernel.bench import time_against_dense
 
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="needs CUDA tensors"):

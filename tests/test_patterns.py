@@ -10,11 +10,7 @@ import torch
 from compact_attn.mask import BlockSparseMask
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import (
-    MAX_SINKS,
-    FrameGroup,
-    Pattern,
-    Window,
+from compactsearch.masks import (
     _range_or_rows,
     block_masks_from_tile_masks,
     build_layer_mask,
@@ -24,6 +20,7 @@ from compactsearch.patterns import (
     tile_mask,
     tile_masks,
 )
+from compactsearch.patterns import MAX_SINKS, FrameGroup, Pattern, Window
 from compactsearch.tiling import TileLayout
 from tests.test_tiling import random_geometries, random_layout
 

@@ -18,7 +18,8 @@ from compactsearch.cli import main
 from compactsearch.config import load_config
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, tile_mask
+from compactsearch.masks import tile_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.profile.store import Profile
 from compactsearch.report import (
     TileShares,

@@ -6,10 +6,11 @@ import re
 
 import pytest
 import torch
+from tiny_transformers import tiny_transformer
 
 import compactsearch
-from compactsearch.adapters import adapter_names, get_adapter
-from compactsearch.adapters.wan import tiny_wan_pipeline
+from compactsearch.adapters import adapter_names
+from compactsearch.adapters.pipelines import tiny_wan_pipeline
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
@@ -182,7 +183,7 @@ def _hunyuan_config(patterns: list[Pattern]) -> Config:
 
 def test_padded_text_keys_stay_masked():
     """HunyuanVideo pads text keys: sparse attention runs on the valid prefix; all-dense matches the model."""
-    model, inputs = get_adapter("hunyuan_video").tiny_transformer(0)
+    model, inputs = tiny_transformer("hunyuan_video", 0)
     with torch.no_grad():
         before = model(**inputs)[0]
         with apply(model, _hunyuan_config([Pattern.dense(), Pattern.dense()])) as rt:
@@ -199,8 +200,7 @@ def test_padded_text_keys_stay_masked():
 @pytest.mark.parametrize("name", adapter_names())
 def test_dense_timer_sees_every_attention_call(name):
     """The Amdahl limit comes from the timed dense attention: every family's every self-attention call counts."""
-    adapter = get_adapter(name)
-    model, inputs = adapter.tiny_transformer(0)
+    model, inputs = tiny_transformer(name, 0)
     timer = AttentionTimer()
     with torch.no_grad(), timed_dense(model, name, timer) as inst:
         model(**inputs)

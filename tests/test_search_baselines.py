@@ -16,7 +16,7 @@ from compactsearch.search.baselines import (
     greedy_contraction,
     min_pattern,
 )
-from compactsearch.search.evaluate import HeadTables, LayoutTables
+from compactsearch.search.scoring import HeadTables, LayoutTables
 from compactsearch.search.space import SearchSpace
 from compactsearch.search.sweep import lagrangian_sweep
 from compactsearch.tiling import TileLayout

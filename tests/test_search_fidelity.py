@@ -9,11 +9,12 @@ from planted import planted_profile
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import Pattern, pattern_block_mask
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import Pattern
 from compactsearch.profile.capture import gram_factor, merge_factors, value_block_gram
 from compactsearch.profile.store import Profile
+from compactsearch.search import SearchSettings, run_search
 from compactsearch.search.fidelity import HeadFidelity
-from compactsearch.search.run import SearchSettings, run_search
 from compactsearch.tiling import TileLayout
 
 
@@ -136,7 +137,7 @@ def test_search_objective_fidelity(tmp_path):
     rec = run_search(prof, SearchSettings(budget=0.4, trials=8, objective="recall"), tmp_path / "r.yaml")
     assert rec.summary["objective"] == "recall" and "fidelity_mean" not in rec.summary
     # the fidelity search's mean fidelity is at least the recall search's, scored the same way
-    from compactsearch.search.evaluate import ExactScorer
+    from compactsearch.search.scoring import ExactScorer
 
     lay = prof.layout()
     scorer = ExactScorer(lay)

@@ -7,7 +7,7 @@ import torch
 from planted import KINDS, kind_pattern, planted_mass
 
 from compactsearch.geometry import VideoGeometry
-from compactsearch.search.evaluate import ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.scoring import ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.space import SearchSpace
 from compactsearch.search.study import HeadSettings, search_head
 from compactsearch.tiling import TileLayout

@@ -16,8 +16,8 @@ from planted import KINDS, planted_profile
 from compactsearch.config import load_config, summarize
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.search.evaluate import ExactScorer
-from compactsearch.search.run import SearchSettings, default_storage, run_search
+from compactsearch.search import SearchSettings, default_storage, run_search
+from compactsearch.search.scoring import ExactScorer
 from compactsearch.tiling import TileLayout
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ from smooth import smooth_mass, smooth_profile
 
 from compactsearch.config import load_config
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import Pattern, sink_blocks
+from compactsearch.masks import sink_blocks
+from compactsearch.patterns import Pattern
 from compactsearch.search import SearchSettings, run_search
-from compactsearch.search.evaluate import ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.scoring import ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.sinks import sink_candidates
 from compactsearch.search.space import SearchSpace
 from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, Oracle, search_head

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_mask
-from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_from_yaml
+from compactsearch.search.space import SearchSpace, canonical
 from compactsearch.tiling import TileLayout
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from compactsearch.inspection import window_picture
+from compactsearch.views import window_picture
 from tests.test_cli_core import run
 from tests.test_config_profile import _with_sinks
 

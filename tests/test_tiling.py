@@ -10,8 +10,9 @@ import torch
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import block_mask_from_tile_mask, reference_local_pattern, tile_mask
-from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+from compactsearch.masks import block_mask_from_tile_mask, tile_mask
+from compactsearch.tile_choice import default_tile_shape, default_tiling, reference_local_pattern
+from compactsearch.tiling import TileLayout
 
 
 def random_geometries(n: int = 24, seed: int = 0) -> list[VideoGeometry]:
@@ -64,7 +65,7 @@ def test_bad_tiling_messages():
     g = VideoGeometry(3, 4, 5)
     with pytest.raises(InputError, match="not a multiple of block_size"):
         TileLayout(g, (1, 3, 3), 64)
-    with pytest.raises(InputError, match="block_size must be one of"):
+    with pytest.raises(InputError, match="block_size: must be one of"):
         TileLayout(g, (4, 4, 4), 32)
     with pytest.raises(InputError, match="text_position"):
         VideoGeometry(3, 4, 5, 10, "none")

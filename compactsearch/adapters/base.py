@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +45,9 @@ __all__ = [
     "Installation",
     "install",
     "installed",
+    "forward_arguments",
+    "guidance_kwargs",
+    "project_heads",
 ]
 
 MODES = ("dense", "capture", "sparse")
@@ -89,6 +92,8 @@ class AttentionContext:
         step, timestep, forward_in_step, branch, expert, video_thw: set by the pre-hooks.
         experts_by_step: ``step -> expert`` seen so far in this pipeline call.
         forward_memo: what the processors of one transformer forward share (emptied by every forward).
+        timer: when set, every attention call of the processors runs inside ``timer.timing(ctx, q)`` (a
+            context manager; `compactsearch.runtime.AttentionTimer`).
     """
 
     mode: str = "dense"
@@ -103,6 +108,7 @@ class AttentionContext:
     video_thw: tuple[int, int, int] | None = None
     experts_by_step: dict = field(default_factory=dict)
     forward_memo: dict = field(default_factory=dict)
+    timer: object | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -146,6 +152,14 @@ class SelfAttentionProcessor:
         self.layer = layer
         self.ctx = ctx
 
+    def _dispatch(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask) -> torch.Tensor:
+        """Dense attention exactly as diffusers' own processors compute it (``dispatch_attention_fn`` on
+        ``[B, S, H, D]``, with the backend and parallel config diffusers set on the processor)."""
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                     backend=self._attention_backend, parallel_config=self._parallel_config)
+
     def _call(self, q: torch.Tensor, text_tokens: int, text_position: str,
               key_valid: tuple[int, ...] | None) -> AttentionCall:
         ctx = self.ctx
@@ -167,8 +181,8 @@ class SelfAttentionProcessor:
     def _key_valid(self, attention_mask: torch.Tensor, batch: int, offset: int = 0) -> tuple[int, ...]:
         """Per batch item, ``offset`` + the keys ``attention_mask`` keeps (``[B or 1, ..., keys]``, nonzero =
         kept). Read to the host once per transformer forward, where every layer gets the same mask: a read per
-        layer would synchronise the GPU at every layer, and with an empty launch queue behind it each layer's
-        host-side work would show as GPU idle time (measured on Mochi at real size: 5 ms a layer)."""
+        layer would synchronise the GPU at every layer and leave it idle while the host queues the layer's next
+        kernels."""
         key = ("key_valid", attention_mask.data_ptr(), attention_mask._version, tuple(attention_mask.shape), batch,
                offset)
         got = self.ctx.forward_memo.get(key)
@@ -199,6 +213,12 @@ class SelfAttentionProcessor:
             text_tokens, text_position: the text segment of the sequence.
             key_valid: per batch item, the number of leading valid keys (None: all valid).
         """
+        if self.ctx.timer is None:
+            return self._switch(q, k, v, dense, from_bhnd, text_tokens, text_position, key_valid)
+        with self.ctx.timer.timing(self.ctx, q):
+            return self._switch(q, k, v, dense, from_bhnd, text_tokens, text_position, key_valid)
+
+    def _switch(self, q, k, v, dense, from_bhnd, text_tokens, text_position, key_valid) -> torch.Tensor:
         mode = self.ctx.mode
         if mode == "dense":
             return dense()
@@ -216,6 +236,15 @@ class SelfAttentionProcessor:
         return from_bhnd(self.ctx.attend(call, q, k, v))
 
 
+def guidance_kwargs(guidance: float, negative_prompt: str | None) -> dict:
+    """The pipeline-call keywords that set guidance in most families: ``guidance_scale`` (and the negative
+    prompt when there is one)."""
+    out = {"guidance_scale": guidance}
+    if negative_prompt is not None:
+        out["negative_prompt"] = negative_prompt
+    return out
+
+
 @dataclass(frozen=True)
 class Adapter:
     """One diffusers model family.
@@ -230,8 +259,7 @@ class Adapter:
         cfg: ``"sequential"`` (cond then uncond forwards) or ``"batched"`` (``[uncond, cond]`` in one batch).
         text_position: where text sits in the self-attention sequence (``"none"``, ``"front"``, ``"back"``).
         pipeline_kwargs: ``(guidance, negative_prompt) -> dict`` of the pipeline-call keywords that set
-            guidance for this family.
-        tiny_transformer: ``seed -> (transformer, forward kwargs)``: a tiny random model for tests.
+            guidance for this family (default `guidance_kwargs`).
     """
 
     name: str
@@ -242,8 +270,7 @@ class Adapter:
     video_grid: Callable[[torch.nn.Module, dict], tuple[int, int, int]]
     cfg: str
     text_position: str
-    pipeline_kwargs: Callable[[float, str | None], dict]
-    tiny_transformer: Callable[[int], tuple[torch.nn.Module, dict]]
+    pipeline_kwargs: Callable[[float, str | None], dict] = guidance_kwargs
 
     def transformers(self, model) -> list[torch.nn.Module]:
         """The transformers of a pipeline (``transformer`` and Wan 2.2's ``transformer_2``) or the model itself."""
@@ -266,7 +293,8 @@ class Adapter:
         return None
 
 
-def _bound_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+def forward_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The arguments of a ``module.forward`` call by name (what a forward pre-hook with kwargs receives)."""
     sig = inspect.signature(module.forward)
     try:
         bound = sig.bind_partial(*args, **kwargs)
@@ -330,7 +358,7 @@ def install(model, adapter: Adapter, ctx: AttentionContext | None = None) -> Ins
             raise InputError(f"the experts of this pipeline differ in depth ({len(modules)} vs {len(mods)} layers)")
 
         def pre_hook(module, args, kwargs, expert=expert):
-            bound = _bound_arguments(module, args, kwargs)
+            bound = forward_arguments(module, args, kwargs)
             timestep = bound.get("timestep")
             if timestep is None:
                 raise RuntimeError(f"{type(module).__name__} was called without a timestep")
@@ -356,6 +384,12 @@ def installed(model, adapter: Adapter, ctx: AttentionContext | None = None) -> I
         inst.restore()
 
 
-def as_bhnd(*xs: torch.Tensor) -> Sequence[torch.Tensor]:
-    """``[B, N, H, D]`` -> ``[B, H, N, D]`` views."""
-    return [x.transpose(1, 2) for x in xs]
+def project_heads(attn, x: torch.Tensor, added: bool = False):
+    """``(q, k, v)`` ``[B, S, H, D]``: ``x`` through the module's projections (``to_q``, ``to_k``, ``to_v``; with
+    ``added`` the text stream's ``add_q_proj``, ... of joint attention), split into heads, with q and k through
+    the matching norms where the module has them, as diffusers' processors compute them."""
+    names = ("add_q_proj", "add_k_proj", "add_v_proj") if added else ("to_q", "to_k", "to_v")
+    q, k, v = (getattr(attn, name)(x).unflatten(2, (attn.heads, -1)) for name in names)
+    norm_q, norm_k = (getattr(attn, name, None) for name in (
+        ("norm_added_q", "norm_added_k") if added else ("norm_q", "norm_k")))
+    return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v

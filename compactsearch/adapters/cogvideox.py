@@ -19,14 +19,9 @@ __all__ = ["CogVideoXSelfAttnProcessor", "ADAPTER"]
 class CogVideoXSelfAttnProcessor(SelfAttentionProcessor):
     """CogVideoX joint self-attention with the mode switch after RoPE."""
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
         from diffusers.models.embeddings import apply_rotary_emb
 
         text_seq_length = encoder_hidden_states.size(1)
@@ -77,46 +72,8 @@ def _grid(transformer, args: dict) -> tuple[int, int, int]:
     return (f // pt, h // p, w // p)
 
 
-def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
-    out = {"guidance_scale": guidance}
-    if negative_prompt is not None:
-        out["negative_prompt"] = negative_prompt
-    return out
-
-
-def _tiny_transformer(seed: int = 0):
-    from diffusers import CogVideoXTransformer3DModel
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-
-    torch.manual_seed(seed)
-    model = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
-        text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=8, patch_size=2,
-        patch_size_t=None, temporal_compression_ratio=4, max_text_seq_length=8, use_rotary_positional_embeddings=True,
-    ).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    frames, hp, wp = 2, 4, 4
-    rope = get_3d_rotary_pos_embed(embed_dim=16, crops_coords=((0, 0), (hp, wp)), grid_size=(hp, wp),
-                                   temporal_size=frames, device=torch.device("cpu"))
-    inputs = {
-        "hidden_states": torch.randn(2, frames, 4, 8, 8, generator=g),
-        "encoder_hidden_states": torch.randn(2, 8, 8, generator=g),
-        "timestep": torch.tensor([500, 500]),
-        "image_rotary_emb": rope,
-        "return_dict": False,
-    }
-    return model, inputs
-
-
 ADAPTER = Adapter(
-    name="cogvideox",
+    name="cogvideox", transformer_class="CogVideoXTransformer3DModel", cfg="batched", text_position="front",
     description="CogVideoX 2B (no RoPE), 5B, 1.5: transformer_blocks[i].attn1, [text(226), video] text at the front",
-    transformer_class="CogVideoXTransformer3DModel",
-    processor_class=CogVideoXSelfAttnProcessor,
-    attention_modules=_modules,
-    video_grid=_grid,
-    cfg="batched",
-    text_position="front",
-    pipeline_kwargs=_pipeline_kwargs,
-    tiny_transformer=_tiny_transformer,
+    processor_class=CogVideoXSelfAttnProcessor, attention_modules=_modules, video_grid=_grid,
 )

@@ -12,35 +12,24 @@ from __future__ import annotations
 
 import torch
 
-from compactsearch.adapters.base import Adapter, SelfAttentionProcessor
+from compactsearch.adapters.base import Adapter, SelfAttentionProcessor, guidance_kwargs, project_heads
 
 __all__ = ["HunyuanVideoSelfAttnProcessor", "ADAPTER"]
 
 
 class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
-    """HunyuanVideo joint self-attention (dual and single blocks) with the mode switch after RoPE."""
+    """HunyuanVideo joint self-attention with the mode switch after RoPE. Dual-stream blocks project the text with
+    their own ``add_*_proj``; single-stream blocks get video and text in one ``hidden_states``."""
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
         from diffusers.models.embeddings import apply_rotary_emb
 
         single = attn.add_q_proj is None
         if single and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))  # [B, S, H, D]
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project_heads(attn, hidden_states)  # [B, S, H, D]
         if image_rotary_emb is not None:
             if single and encoder_hidden_states is not None:
                 n = encoder_hidden_states.shape[1]
@@ -51,20 +40,13 @@ class HunyuanVideoSelfAttnProcessor(SelfAttentionProcessor):
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         if not single and encoder_hidden_states is not None:
-            eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
+            eq, ek, ev = project_heads(attn, encoder_hidden_states, added=True)
             query = torch.cat([query, eq], dim=1)
             key = torch.cat([key, ek], dim=1)
             value = torch.cat([value, ev], dim=1)
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         key_valid = None
@@ -94,45 +76,15 @@ def _grid(transformer, args: dict) -> tuple[int, int, int]:
 
 
 def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
-    out = {"guidance_scale": guidance}  # embedded guidance: one forward per step
+    out = guidance_kwargs(guidance, negative_prompt)  # embedded guidance: one forward per step
     if negative_prompt is not None:
-        out.update(negative_prompt=negative_prompt, true_cfg_scale=guidance)
+        out["true_cfg_scale"] = guidance  # true CFG: a second forward per step
     return out
 
 
-def _tiny_transformer(seed: int = 0):
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
-        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
-    ).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    mask = torch.ones(1, 12, dtype=torch.bool)
-    mask[:, 9:] = False  # three padded text tokens: the key mask matters
-    inputs = {
-        "hidden_states": torch.randn(1, 4, 2, 8, 8, generator=g),
-        "timestep": torch.tensor([500]),
-        "encoder_hidden_states": torch.randn(1, 12, 16, generator=g),
-        "encoder_attention_mask": mask,
-        "pooled_projections": torch.randn(1, 8, generator=g),
-        "guidance": torch.tensor([3000.0]),
-        "return_dict": False,
-    }
-    return model, inputs
-
-
 ADAPTER = Adapter(
-    name="hunyuan_video",
+    name="hunyuan_video", transformer_class="HunyuanVideoTransformer3DModel", cfg="sequential", text_position="back",
     description="HunyuanVideo: 20 dual + 40 single blocks (60 layers), [video, text] with text at the back",
-    transformer_class="HunyuanVideoTransformer3DModel",
-    processor_class=HunyuanVideoSelfAttnProcessor,
-    attention_modules=_modules,
-    video_grid=_grid,
-    cfg="sequential",
-    text_position="back",
+    processor_class=HunyuanVideoSelfAttnProcessor, attention_modules=_modules, video_grid=_grid,
     pipeline_kwargs=_pipeline_kwargs,
-    tiny_transformer=_tiny_transformer,
 )

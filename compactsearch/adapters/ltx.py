@@ -17,15 +17,9 @@ __all__ = ["LTXSelfAttnProcessor", "ADAPTER"]
 class LTXSelfAttnProcessor(SelfAttentionProcessor):
     """LTX-Video self-attention (``attn1``) with the mode switch after RoPE."""
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
         from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
         if encoder_hidden_states is not None:
@@ -45,8 +39,7 @@ class LTXSelfAttnProcessor(SelfAttentionProcessor):
         value = value.unflatten(2, (attn.heads, -1))
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
                            lambda o: o.transpose(1, 2))
@@ -67,45 +60,8 @@ def _grid(transformer, args: dict) -> tuple[int, int, int]:
         raise RuntimeError("LTXVideoTransformer3DModel must be called with num_frames, height and width") from e
 
 
-def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
-    out = {"guidance_scale": guidance}
-    if negative_prompt is not None:
-        out["negative_prompt"] = negative_prompt
-    return out
-
-
-def _tiny_transformer(seed: int = 0):
-    from diffusers import LTXVideoTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = LTXVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-        num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=16,
-    ).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    f, h, w = 2, 4, 4
-    inputs = {
-        "hidden_states": torch.randn(2, f * h * w, 4, generator=g),
-        "encoder_hidden_states": torch.randn(2, 6, 16, generator=g),
-        "timestep": torch.tensor([500, 500]),
-        "encoder_attention_mask": torch.ones(2, 6, dtype=torch.bool),
-        "num_frames": f,
-        "height": h,
-        "width": w,
-        "return_dict": False,
-    }
-    return model, inputs
-
-
 ADAPTER = Adapter(
-    name="ltx",
+    name="ltx", transformer_class="LTXVideoTransformer3DModel", cfg="batched", text_position="none",
     description="LTX-Video (2B, 13B): transformer_blocks[i].attn1, packed latents, no text tokens",
-    transformer_class="LTXVideoTransformer3DModel",
-    processor_class=LTXSelfAttnProcessor,
-    attention_modules=_modules,
-    video_grid=_grid,
-    cfg="batched",
-    text_position="none",
-    pipeline_kwargs=_pipeline_kwargs,
-    tiny_transformer=_tiny_transformer,
+    processor_class=LTXSelfAttnProcessor, attention_modules=_modules, video_grid=_grid,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compactsearch.adapters.base import Adapter, SelfAttentionProcessor
+from compactsearch.adapters.base import Adapter, SelfAttentionProcessor, project_heads
 
 __all__ = ["MochiSelfAttnProcessor", "ADAPTER"]
 
@@ -29,28 +29,10 @@ def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
 class MochiSelfAttnProcessor(SelfAttentionProcessor):
     """Mochi joint self-attention with the mode switch after RoPE."""
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_rotary_emb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_added_q is not None:
-            eq = attn.norm_added_q(eq)
-        if attn.norm_added_k is not None:
-            ek = attn.norm_added_k(ek)
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
+        query, key, value = project_heads(attn, hidden_states)  # [B, S, H, D]
+        eq, ek, ev = project_heads(attn, encoder_hidden_states, added=True)
         if image_rotary_emb is not None:
             query = _apply_rotary(query, *image_rotary_emb)
             key = _apply_rotary(key, *image_rotary_emb)
@@ -98,45 +80,8 @@ def _grid(transformer, args: dict) -> tuple[int, int, int]:
     return (f, h // p, w // p)
 
 
-def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
-    out = {"guidance_scale": guidance}
-    if negative_prompt is not None:
-        out["negative_prompt"] = negative_prompt
-    return out
-
-
-def _tiny_transformer(seed: int = 0):
-    from diffusers import MochiTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = MochiTransformer3DModel(
-        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
-        in_channels=4, out_channels=None, qk_norm="rms_norm", text_embed_dim=16, time_embed_dim=4,
-        activation_fn="swiglu", max_sequence_length=16,
-    ).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    mask = torch.ones(2, 16, dtype=torch.bool)
-    mask[0, 10:] = False
-    mask[1, 13:] = False
-    inputs = {
-        "hidden_states": torch.randn(2, 4, 2, 8, 8, generator=g),
-        "encoder_hidden_states": torch.randn(2, 16, 16, generator=g),
-        "timestep": torch.tensor([500, 500]),
-        "encoder_attention_mask": mask,
-        "return_dict": False,
-    }
-    return model, inputs
-
-
 ADAPTER = Adapter(
-    name="mochi",
+    name="mochi", transformer_class="MochiTransformer3DModel", cfg="batched", text_position="back",
     description="Mochi 1: transformer_blocks[i].attn1, [video, valid text] with text at the back",
-    transformer_class="MochiTransformer3DModel",
-    processor_class=MochiSelfAttnProcessor,
-    attention_modules=_modules,
-    video_grid=_grid,
-    cfg="batched",
-    text_position="back",
-    pipeline_kwargs=_pipeline_kwargs,
-    tiny_transformer=_tiny_transformer,
+    processor_class=MochiSelfAttnProcessor, attention_modules=_modules, video_grid=_grid,
 )

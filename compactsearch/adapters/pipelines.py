@@ -6,7 +6,7 @@ for GPU benchmarks.
 family's real architecture with random weights, and whose text encoders are small random models with the
 **right output width** (what the transformer reads): a 2-layer T5 for Wan, CogVideoX, LTX and Mochi; a 3-layer
 Llama (HunyuanVideo reads its third-to-last hidden state) plus a 2-layer CLIP text model for the pooled
-embedding. All share the byte-level tokenizer of `compactsearch.adapters._tiny`, so distinct prompts give
+embedding. All share one byte-level tokenizer (`tiny_tokenizer`), so distinct prompts give
 distinct (right-padded) token sequences: the text masks of HunyuanVideo and Mochi really pad. There is no VAE:
 run with ``output_type="latent"`` (profiling never decodes; ``generate`` previews latent channels).
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from compactsearch.adapters._tiny import tiny_tokenizer
-from compactsearch.errors import InputError
+from compactsearch.errors import InputError, lookup
 
-__all__ = ["FamilySpec", "FAMILIES", "SIZES", "build_family_pipeline", "family_transformer_config"]
+__all__ = ["FamilySpec", "FAMILIES", "SIZES", "build_family_pipeline", "family_transformer_config", "tiny_wan_pipeline",
+           "tiny_tokenizer"]
 
 SIZES = ("tiny", "real")
 
@@ -54,6 +54,20 @@ class FamilySpec:
 
 
 # ------------------------------------------------------------------------------------------------ text stacks
+def tiny_tokenizer():
+    """A byte-level `PreTrainedTokenizerFast` with ``<pad>`` (0), ``</s>`` (1), ``<unk>`` (2) and 256 bytes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
 def _t5(d_model: int, seed: int):
     """A random 2-layer T5 encoder over the byte vocabulary with output width ``d_model``."""
     from transformers import T5Config, T5EncoderModel
@@ -128,24 +142,20 @@ def _build_cogvideox(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int)
                              vae=None, transformer=transformer, scheduler=scheduler)
 
 
-def _build_ltx(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+def _build_t5_flow(pipeline: str, transformer: str, text_width: str) -> Callable:
+    """The builder of a pipeline of a T5 text encoder, a flow-matching scheduler and no VAE (LTX-Video, Mochi):
+    diffusers' class names, and the transformer config key that gives the text width."""
 
-    torch.manual_seed(seed)
-    transformer = _finish(LTXVideoTransformer3DModel(**cfg), dtype)
-    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                       text_encoder=_finish(_t5(cfg["caption_channels"], seed), dtype), tokenizer=tiny_tokenizer(),
-                       transformer=transformer)
+    def build(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
+        import diffusers
 
+        torch.manual_seed(seed)
+        model = _finish(getattr(diffusers, transformer)(**cfg), dtype)
+        return getattr(diffusers, pipeline)(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
+                                            text_encoder=_finish(_t5(cfg[text_width], seed), dtype),
+                                            tokenizer=tiny_tokenizer(), transformer=model)
 
-def _build_mochi(spec: FamilySpec, cfg: dict, dtype: torch.dtype, seed: int):
-    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
-
-    torch.manual_seed(seed)
-    transformer = _finish(MochiTransformer3DModel(**cfg), dtype)
-    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                         text_encoder=_finish(_t5(cfg["text_embed_dim"], seed), dtype), tokenizer=tiny_tokenizer(),
-                         transformer=transformer)
+    return build
 
 
 # ------------------------------------------------------------------------------------------------ the specs
@@ -195,7 +205,7 @@ _spec("ltx", "ltx", "LTX-Video: packed latents, no text in self-attention",
            num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=32),
       dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64, cross_attention_dim=2048,
            num_layers=28, qk_norm="rms_norm_across_heads", caption_channels=4096),
-      _build_ltx)
+      _build_t5_flow("LTXPipeline", "LTXVideoTransformer3DModel", "caption_channels"))
 _spec("mochi", "mochi", "Mochi 1: asymmetric joint attention, valid text at the back",
       dict(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=16,
@@ -203,7 +213,7 @@ _spec("mochi", "mochi", "Mochi 1: asymmetric joint attention, valid text at the 
       dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48, pooled_projection_dim=1536,
            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=4096, time_embed_dim=256,
            activation_fn="swiglu", max_sequence_length=256),
-      _build_mochi)
+      _build_t5_flow("MochiPipeline", "MochiTransformer3DModel", "text_embed_dim"))
 
 
 def family_transformer_config(family: str, size: str = "tiny") -> dict:
@@ -218,10 +228,7 @@ def family_transformer_config(family: str, size: str = "tiny") -> dict:
 
 
 def _spec_of(family: str) -> FamilySpec:
-    try:
-        return FAMILIES[family]
-    except KeyError:
-        raise InputError(f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
+    return lookup(FAMILIES, family, "family", "families")
 
 
 def build_family_pipeline(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0,
@@ -241,7 +248,14 @@ def build_family_pipeline(family: str, size: str = "tiny", dtype: torch.dtype = 
     return spec.build(spec, cfg, dtype, seed)
 
 
+def tiny_wan_pipeline(experts: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """The tiny random `WanPipeline` registered as ``tiny-random-wan`` (``experts=2``: ``tiny-random-wan22``, with
+    ``transformer_2`` and ``boundary_ratio=0.875`` like Wan2.2 T2V-A14B): the ``wan`` family's tiny transformer with
+    4 latent channels; no VAE (run it with ``output_type="latent"``). Weights come from ``seed``."""
+    return _build_wan(FAMILIES["wan"], dict(_WAN_TINY, in_channels=4, out_channels=4), dtype, seed, experts)
+
+
 def tiny_model_names() -> dict[str, str]:
     """``tiny-random-<family> -> family`` for the families the registry builds here (the tiny Wan models,
-    ``tiny-random-wan`` and the two-expert ``tiny-random-wan22``, are `adapters.wan.tiny_wan_pipeline`)."""
+    ``tiny-random-wan`` and the two-expert ``tiny-random-wan22``, are `tiny_wan_pipeline`)."""
     return {f"tiny-random-{name.replace('_', '-')}": name for name in FAMILIES if FAMILIES[name].adapter != "wan"}

@@ -22,7 +22,7 @@ import torch
 
 from compactsearch.adapters import cogvideox, hunyuan_video, ltx, mochi, wan
 from compactsearch.adapters.base import Adapter
-from compactsearch.errors import InputError
+from compactsearch.errors import InputError, lookup
 
 __all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
            "register_model", "load_pipeline", "check_video_size", "DTYPES"]
@@ -44,10 +44,7 @@ def adapter_names() -> list[str]:
 
 def get_adapter(name: str) -> Adapter:
     """The adapter registered as ``name``; an InputError listing the known ones otherwise."""
-    try:
-        return ADAPTERS[name]
-    except KeyError:
-        raise InputError(f"unknown adapter {name!r}; known adapters: {', '.join(adapter_names())}") from None
+    return lookup(ADAPTERS, name, "adapter")
 
 
 for _mod in (wan, hunyuan_video, cogvideox, ltx, mochi):
@@ -72,15 +69,13 @@ def register_model(name: str, adapter: str, description: str, build: Callable[[t
     MODELS[name] = ModelBuilder(name, adapter, description, build)
 
 
-register_model("tiny-random-wan", "wan", "tiny random WanPipeline (2 layers, 2 heads x 16), built locally, no VAE",
-               lambda dtype: wan.tiny_wan_pipeline(1, dtype))
-register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline like Wan2.2 A14B, no VAE",
-               lambda dtype: wan.tiny_wan_pipeline(2, dtype))
-
-
 def _register_family_pipelines() -> None:
     from compactsearch.adapters import pipelines
 
+    register_model("tiny-random-wan", "wan", "tiny random WanPipeline (2 layers, 2 heads x 16), built locally, no VAE",
+                   lambda dtype: pipelines.tiny_wan_pipeline(1, dtype))
+    register_model("tiny-random-wan22", "wan", "tiny random two-expert WanPipeline like Wan2.2 A14B, no VAE",
+                   lambda dtype: pipelines.tiny_wan_pipeline(2, dtype))
     for name, family in pipelines.tiny_model_names().items():
         spec = pipelines.FAMILIES[family]
         register_model(name, spec.adapter, f"tiny random {spec.description}, built locally, no VAE",

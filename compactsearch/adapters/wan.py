@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from compactsearch.adapters._tiny import tiny_t5_encoder, tiny_tokenizer
 from compactsearch.adapters.base import Adapter, SelfAttentionProcessor
 
-__all__ = ["WanSelfAttnProcessor", "ADAPTER", "tiny_wan_pipeline"]
+__all__ = ["WanSelfAttnProcessor", "ADAPTER"]
 
 
 def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -30,15 +29,9 @@ def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
 class WanSelfAttnProcessor(SelfAttentionProcessor):
     """Wan self-attention (``attn1``) with the compactsearch mode switch after RoPE."""
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None,
+                 rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("WanSelfAttnProcessor is for self-attention (attn1) only")
@@ -56,8 +49,7 @@ class WanSelfAttnProcessor(SelfAttentionProcessor):
             key = _apply_rotary(key, *rotary_emb)
 
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+            return self._dispatch(query, key, value, attention_mask)
 
         out = self._attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dense,
                            lambda o: o.transpose(1, 2))
@@ -76,68 +68,8 @@ def _grid(transformer, args: dict) -> tuple[int, int, int]:
     return (f // pt, h // ph, w // pw)
 
 
-def _pipeline_kwargs(guidance: float, negative_prompt: str | None) -> dict:
-    out = {"guidance_scale": guidance}
-    if negative_prompt is not None:
-        out["negative_prompt"] = negative_prompt
-    return out
-
-
-TINY_WAN_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
-    freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-)
-
-
-def _tiny_transformer(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(**TINY_WAN_CONFIG).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    inputs = {
-        "hidden_states": torch.randn(1, 4, 3, 16, 16, generator=g),
-        "encoder_hidden_states": torch.randn(1, 12, 16, generator=g),
-        "timestep": torch.tensor([500]),
-        "return_dict": False,
-    }
-    return model, inputs
-
-
-def tiny_wan_pipeline(experts: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """A tiny random `WanPipeline` (no VAE: run it with ``output_type="latent"``), built locally.
-
-    Two heads of 16 dims, two layers; ``experts=2`` adds ``transformer_2`` with ``boundary_ratio=0.875`` like
-    Wan2.2 T2V-A14B. Weights come from ``seed``, so two builds are identical.
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-
-    cfg = dict(TINY_WAN_CONFIG, attention_head_dim=16, text_dim=32)
-    transformers = []
-    for e in range(experts):
-        torch.manual_seed(seed + 100 * e)
-        model = WanTransformer3DModel(**cfg).eval()
-        transformers.append(model if dtype == torch.float32 else model.to(dtype))
-    extra = {"transformer_2": transformers[1], "boundary_ratio": 0.875} if experts == 2 else {}
-    return WanPipeline(
-        tokenizer=tiny_tokenizer(),
-        text_encoder=tiny_t5_encoder(32, seed).to(dtype),  # a no-op for float32
-        vae=None,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        transformer=transformers[0],
-        **extra,
-    )
-
-
 ADAPTER = Adapter(
-    name="wan",
+    name="wan", transformer_class="WanTransformer3DModel", cfg="sequential", text_position="none",
     description="Wan 2.1 / 2.2 (T2V 1.3B, 14B, A14B two experts, TI2V-5B): blocks[i].attn1, no text tokens",
-    transformer_class="WanTransformer3DModel",
-    processor_class=WanSelfAttnProcessor,
-    attention_modules=_modules,
-    video_grid=_grid,
-    cfg="sequential",
-    text_position="none",
-    pipeline_kwargs=_pipeline_kwargs,
-    tiny_transformer=_tiny_transformer,
+    processor_class=WanSelfAttnProcessor, attention_modules=_modules, video_grid=_grid,
 )

@@ -26,6 +26,7 @@ from compactsearch.cli import (
 )
 from compactsearch.cli._common import state
 from compactsearch.cli._failures import EXIT_INTERNAL, describe
+from compactsearch.errors import CheckFailed
 
 try:  # typer >= 0.20 vendors its own click; catch its exceptions as well as click's
     from typer._click.exceptions import ClickException as _VendoredClickException
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         code = 130
     except Exception as e:  # the one mapping of failures to a line and an exit code: cli/_failures.py
-        if state.debug:
+        if state.debug and not isinstance(e, CheckFailed):  # a failed check is a result, not a bug to trace
             raise
         msg, code = describe(e)
-        print(msg if code == EXIT_INTERNAL else f"error: {msg}", file=sys.stderr)
+        print(msg if code in (1, EXIT_INTERNAL) else f"error: {msg}", file=sys.stderr)  # 1: the checks that failed
     sys.exit(_flush_stdout(code))
 
 

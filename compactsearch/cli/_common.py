@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "existing_file", "StepsOpt", "FramesOpt",
-           "HeightOpt", "WidthOpt", "override_recipe"]
+__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "RecipeArg", "DeviceOpt", "existing_file",
+           "StepsOpt", "FramesOpt", "HeightOpt", "WidthOpt", "override_recipe", "sized_recipe"]
 
 # Progress, tables and logs go to stderr; results (--json) to stdout.
 console = Console(stderr=True, highlight=False)
@@ -34,6 +34,10 @@ HeightOpt = Annotated[int | None, typer.Option(help="Video height in pixels [def
 WidthOpt = Annotated[int | None, typer.Option(help="Video width in pixels [default: the recipe's].",
                                               show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with the results on stdout.")]
+RecipeArg = Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
+                                                  "model's, recipes/tiny.yaml].", show_default=False)]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
+                                               show_default=False)]
 
 
 def print_json(obj) -> None:
@@ -53,6 +57,14 @@ def existing_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise InputError(f"{what} {path} is a directory; give the file")
     return path
+
+
+def sized_recipe(recipe: Path | None, steps: int | None, frames: int | None, height: int | None, width: int | None):
+    """``(path, recipe)``: the recipe given (or the bundled tiny model's), loaded, with the command line's sizes."""
+    from compactsearch.profile.recipe import default_recipe_path, load_recipe
+
+    path = recipe or default_recipe_path()
+    return path, override_recipe(load_recipe(path), steps, frames, height, width)
 
 
 def override_recipe(recipe, steps: int | None, frames: int | None, height: int | None, width: int | None):

@@ -9,25 +9,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compactsearch.cli._common import (
-    FramesOpt,
-    HeightOpt,
-    JsonOpt,
-    StepsOpt,
-    WidthOpt,
-    console,
-    existing_file,
-    override_recipe,
-    print_json,
-)
+from compactsearch.cli import _common as common
 
 __all__ = ["evaluate"]
 
 
 def evaluate(
     *,
-    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
-                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
+    recipe: common.RecipeArg = None,
     config: Annotated[list[Path], typer.Option("--config", "-c", help="A config YAML; repeat to compare several.",
                                                show_default=False)],
     prompts: Annotated[Path | None, typer.Option(help="Prompt file, one per line [default: the recipe's "
@@ -39,14 +28,13 @@ def evaluate(
                                                    "at the same density.", show_default=False)] = None,
     videos: Annotated[Path | None, typer.Option(help="Directory for dense | sparse side-by-side GIFs, one per "
                                                 "prompt and config.", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
-                                               show_default=False)] = None,
+    device: common.DeviceOpt = None,
     backend: Annotated[str, typer.Option(help="Sparse kernel: auto, triton or reference.")] = "auto",
-    steps: StepsOpt = None,
-    frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    json_out: JsonOpt = False,
+    json_out: common.JsonOpt = False,
+    steps: common.StepsOpt = None,  # the recipe's sizes, changed for this run
+    frames: common.FramesOpt = None,
+    height: common.HeightOpt = None,
+    width: common.WidthOpt = None,
 ) -> None:
     """Generate held-out prompts dense and sparse with the same seeds and compare them.
 
@@ -65,13 +53,12 @@ def evaluate(
     from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
-    from compactsearch.evaluate import baseline_configs
-    from compactsearch.evaluate import evaluate as run_evaluate
     from compactsearch.profile import Profile
-    from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
+    from compactsearch.profile.recipe import read_prompts
+    from compactsearch.quality import evaluate as run_evaluate
+    from compactsearch.search.baselines import baseline_configs
 
-    recipe = recipe or default_recipe_path()
-    r = override_recipe(load_recipe(recipe), steps, frames, height, width)
+    recipe, r = common.sized_recipe(recipe, steps, frames, height, width)
     if prompts is not None:
         plist = read_prompts(prompts, "--prompts file")
     elif r.holdout_prompts:
@@ -86,7 +73,7 @@ def evaluate(
         name = path.stem
         while name in configs:
             name += "'"
-        configs[name] = load_config(existing_file(path, "config"))
+        configs[name] = load_config(common.existing_file(path, "config"))
     if baselines is not None:
         if not baselines.exists():
             raise InputError(f"--baselines {baselines} does not exist; give the profile directory")
@@ -108,10 +95,10 @@ def evaluate(
         table.add_row(c["name"], f"{c['density']:.4f}", f"{c['psnr']:.2f}", f"{c['ssim']:.4f}",
                       "-" if c["lpips"] is None else f"{c['lpips']:.4f}", f"{c['attention_ms_per_step']:.2f}",
                       "-" if c["attention_speedup"] is None else f"{c['attention_speedup']:.2f}x")
-    console.print(table)
+    common.console.print(table)
     if device == "cpu":
-        console.print("attention times on a CPU come from the PyTorch reference, not the Triton kernel")
+        common.console.print("attention times on a CPU come from the PyTorch reference, not the Triton kernel")
     if report.videos:
-        console.print(f"wrote {len(report.videos)} side-by-side GIFs to {videos}")
+        common.console.print(f"wrote {len(report.videos)} side-by-side GIFs to {videos}")
     if json_out:
-        print_json(data)
+        common.print_json(data)

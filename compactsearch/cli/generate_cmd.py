@@ -7,44 +7,32 @@ from typing import Annotated
 
 import typer
 
-from compactsearch.cli._common import (
-    FramesOpt,
-    HeightOpt,
-    JsonOpt,
-    StepsOpt,
-    WidthOpt,
-    console,
-    existing_file,
-    override_recipe,
-    print_json,
-)
+from compactsearch.cli import _common as common
 
 __all__ = ["generate"]
 
 
 def generate(
     *,
-    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
-                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
+    recipe: common.RecipeArg = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text prompt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Video file to write: .gif or .mp4 (needs "
                                       "imageio-ffmpeg).", show_default=False)],
+    json_out: common.JsonOpt = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A config YAML: generate with its "
                                                 "block-sparse attention [default: dense].")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Write dense | sparse side by side (needs "
                                           "--config).")] = False,
     seed: Annotated[int | None, typer.Option(help="Generator seed [default: the recipe's sampling.seed].",
                                              show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
-                                               show_default=False)] = None,
+    device: common.DeviceOpt = None,
     backend: Annotated[str, typer.Option(help="Sparse kernel: auto (Triton on CUDA, reference on CPU), triton or "
                                          "reference.")] = "auto",
     fps: Annotated[int, typer.Option(min=1, help="Frames per second of the file.")] = 8,
-    steps: StepsOpt = None,
-    frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    json_out: JsonOpt = False,
+    steps: common.StepsOpt = None,  # the recipe's sizes, changed for this run
+    frames: common.FramesOpt = None,
+    height: common.HeightOpt = None,
+    width: common.WidthOpt = None,
 ) -> None:
     """Generate one video with a recipe's model, dense or with a config's sparse attention.
 
@@ -66,26 +54,24 @@ a checkered gray background" -o compare.gif
     from compactsearch.adapters import load_pipeline
     from compactsearch.config import load_config
     from compactsearch.errors import InputError
-    from compactsearch.evaluate import generate_video, side_by_side, write_video
-    from compactsearch.profile.recipe import default_recipe_path, load_recipe
     from compactsearch.runtime import apply
+    from compactsearch.video import generate_video, side_by_side, write_video
 
-    recipe = recipe or default_recipe_path()
-    r = override_recipe(load_recipe(recipe), steps, frames, height, width)
+    recipe, r = common.sized_recipe(recipe, steps, frames, height, width)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise InputError(f"--out {out}: write a .gif or an .mp4 file")
     check_output(out, "--out", "file")
     if compare and config is None:
         raise InputError("--compare needs --config (the sparse side)")
-    cfg = load_config(existing_file(config, "config")) if config is not None else None
+    cfg = load_config(common.existing_file(config, "config")) if config is not None else None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     seed = r.seed if seed is None else seed
     t0 = time.perf_counter()
-    with console.status("loading the model", spinner="dots") if console.is_terminal else _null():
+    with common.console.status("loading the model", spinner="dots") if common.console.is_terminal else _null():
         pipe = load_pipeline(r.model_id, r.adapter, r.dtype, device, r.offload, base_dir=Path(r.base_dir),
                              video=(r.frames, r.height, r.width))
-    with console.status("generating", spinner="dots") if console.is_terminal else _null():
+    with common.console.status("generating", spinner="dots") if common.console.is_terminal else _null():
         if cfg is None:
             video = generate_video(pipe, r, prompt, seed)
         else:
@@ -98,10 +84,11 @@ a checkered gray background" -o compare.gif
     mode = "dense" if cfg is None else ("dense | sparse" if compare else "sparse")
     F, _, H, W = video.shape
     if json_out:
-        print_json({"out": str(out), "prompt": prompt, "seed": seed, "mode": mode, "config": str(config) if config
-                    else None, "frames": F, "height": H, "width": W, "seconds": round(seconds, 2)})
+        common.print_json({"out": str(out), "prompt": prompt, "seed": seed, "mode": mode,
+                           "config": str(config) if config else None, "frames": F, "height": H, "width": W,
+                           "seconds": round(seconds, 2)})
     else:
-        console.print(f"wrote {out} ({mode}, {F} frames of {H}x{W}, seed {seed}) in {seconds:.1f} s")
+        common.console.print(f"wrote {out} ({mode}, {F} frames of {H}x{W}, seed {seed}) in {seconds:.1f} s")
 
 
 class _null:

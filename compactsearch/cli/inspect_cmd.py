@@ -10,8 +10,7 @@ from rich.table import Table
 from compactsearch.cli._common import ConfigArg, JsonOpt, console, print_json
 from compactsearch.config import load_config, summarize
 from compactsearch.errors import InputError
-from compactsearch.inspection import head_picture
-from compactsearch.validation import head_rows
+from compactsearch.views import head_picture, head_rows
 
 
 def inspect(

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from compactsearch._io import check_output
-from compactsearch.cli._common import JsonOpt, console, print_json
+from compactsearch.cli._common import DeviceOpt, JsonOpt, RecipeArg, console, print_json
 from compactsearch.cli._progress import progress_display
 
 __all__ = ["profile"]
@@ -47,14 +47,12 @@ class _RichProgress:
 
 
 def profile(
-    recipe: Annotated[Path | None, typer.Argument(help="A recipe YAML (see recipes/) [default: the bundled tiny "
-                                                  "model's, recipes/tiny.yaml].", show_default=False)] = None,
+    recipe: RecipeArg = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Profile directory to write "
                                              "[default: profiles/<recipe name>].")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompt file (one per line) replacing the "
                                                  "recipe's calibration prompts.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if "
-                                               "available].")] = None,
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the prompts an interrupted run finished.")] = False,
     per_prompt: Annotated[bool | None, typer.Option("--per-prompt/--no-per-prompt", help="Keep per-prompt "
                                                     "tensors (search --holdout needs them) [default: recipe's].",

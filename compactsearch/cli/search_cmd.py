@@ -14,8 +14,8 @@ from compactsearch._io import check_output
 from compactsearch.cli._common import JsonOpt, console, print_json
 from compactsearch.cli._progress import progress_display
 from compactsearch.errors import InputError
-from compactsearch.search.evaluate import CostModel
-from compactsearch.search.run import SearchSettings, default_storage, run_search
+from compactsearch.search import SearchSettings, default_storage, run_search
+from compactsearch.search.scoring import CostModel
 
 
 def search(

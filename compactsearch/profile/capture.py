@@ -34,7 +34,8 @@ from compactsearch.adapters.base import AttentionCall
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.timing import SectionTimer
-from compactsearch.tiling import TileLayout, default_tile_shape, default_tiling
+from compactsearch.tile_choice import default_tile_shape, default_tiling
+from compactsearch.tiling import TileLayout
 
 __all__ = ["block_mass", "masked_block_mass", "value_block_gram", "gram_factor", "merge_factors", "VALUE_RANK",
            "BlockMassCapture", "PromptCapture"]

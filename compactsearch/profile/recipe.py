@@ -19,7 +19,7 @@ Layout (every key not marked optional is required)::
       extra: {}                                   # optional: more keyword arguments for the pipeline call
     prompts: prompts/calibration.txt              # a file (relative to the recipe) or an inline list
     holdout_prompts: prompts/holdout.txt          # optional: kept out of the profile, for evaluation
-    tiling: {tile: [2, 8, 8], block_size: 128}    # optional; default: compactsearch.tiling.default_tiling
+    tiling: {tile: [2, 8, 8], block_size: 128}    # optional; default: compactsearch.tile_choice.default_tiling
     profile:                                      # optional
       buckets: [[0, 10], [10, 50]]                # half-open step ranges; default one bucket [0, steps)
       steps: all                                  # all | a list of steps | {every: N} (plus the last step)
@@ -33,12 +33,11 @@ Every error names the file and the path inside it, e.g. ``recipe r.yaml: profile
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compactsearch._io import read_yaml
+from compactsearch._io import read_text, read_yaml
 from compactsearch._schema import boolean as _bool
 from compactsearch._schema import choice as _choice
 from compactsearch._schema import fail as _fail
@@ -50,7 +49,7 @@ from compactsearch._schema import string as _str
 from compactsearch._schema import tname as _tname
 from compactsearch.errors import InputError
 from compactsearch.limits import check_caps, check_video_shape
-from compactsearch.tiling import BLOCK_SIZES
+from compactsearch.tiling import tiling_from_yaml
 
 __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default_recipe_path"]
 
@@ -58,7 +57,6 @@ __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "read_prompts", "default
 def _mapping(x, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
     return _schema_mapping(x, path, required, optional, top="recipe")
 
-_DTYPES = ("bfloat16", "float16", "float32")
 _OFFLOAD = ("none", "model", "sequential")
 
 
@@ -66,23 +64,6 @@ def default_recipe_path() -> Path:
     """The bundled tiny model's recipe (``recipes/tiny.yaml``, shipped in the package as
     ``compactsearch/tinymodel/recipe.yaml``): what `profile`, `generate` and `evaluate` use without a RECIPE."""
     return Path(__file__).resolve().parent.parent / "tinymodel" / "recipe.yaml"
-
-
-def read_prompts(path: Path, what: str = "prompt file") -> list[str]:
-    """Prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; give a text file with one prompt per line")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{what} {path} cannot be read as text: {e}") from e
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise InputError(f"{what} {path} holds no prompts (one per line; '#' starts a comment)")
-    return prompts
 
 
 @dataclass(frozen=True)
@@ -129,6 +110,21 @@ class Recipe:
     def seed_of(self, prompt_index: int) -> int:
         return self.seed + prompt_index
 
+    def call_kwargs(self, prompt: str, generator, **call) -> dict:
+        """The keyword arguments of one pipeline call of this recipe: size, steps, ``generator``, then ``call``
+        (e.g. ``output_type``), the family's guidance keywords, the text length and ``sampling.extra`` (last, so
+        it can override any of them). The one place a recipe becomes a pipeline call (profile, generate,
+        evaluate)."""
+        from compactsearch.adapters import get_adapter
+
+        kw = dict(prompt=prompt, height=self.height, width=self.width, num_frames=self.frames,
+                  num_inference_steps=self.steps, generator=generator, **call)
+        kw.update(get_adapter(self.adapter).pipeline_kwargs(self.guidance, self.negative_prompt))
+        if self.max_sequence_length is not None:
+            kw["max_sequence_length"] = self.max_sequence_length
+        kw.update(self.extra)
+        return kw
+
     def with_prompts(self, prompts: list[str]) -> Recipe:
         from dataclasses import replace
 
@@ -153,6 +149,15 @@ class Recipe:
         }
 
 
+def read_prompts(path: Path, what: str = "prompt file") -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    lines = read_text(path, what, "a text file with one prompt per line").splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise InputError(f"{what} {path} holds no prompts (one per line; '#' starts a comment)")
+    return prompts
+
+
 def _prompts(x, path: str, base: Path) -> tuple[str, ...]:
     if isinstance(x, str):
         p = Path(x).expanduser()
@@ -174,6 +179,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
                  {"name", "holdout_prompts", "tiling", "profile"})
     m = _mapping(d["model"], "model", {"id", "adapter"}, {"dtype", "offload"})
     from compactsearch.adapters import adapter_names
+    from compactsearch.adapters.registry import DTYPES  # the model dtypes, by name
 
     adapter = _str(m["adapter"], "model.adapter")
     if adapter not in adapter_names():
@@ -189,18 +195,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
     extra = s.get("extra") or {}
     if not isinstance(extra, dict):
         raise _fail("sampling.extra", f"expected a mapping of pipeline keyword arguments, got {_tname(extra)}")
-    t = _mapping(d.get("tiling") or {}, "tiling", set(), {"tile", "block_size"})
-    tile = None
-    if t.get("tile") is not None:
-        tile = tuple(_int(x, f"tiling.tile[{i}]", 1) for i, x in enumerate(_list(t["tile"], "tiling.tile", 3)))
-    block_size = None if t.get("block_size") is None else _int(t["block_size"], "tiling.block_size", 1)
-    if block_size is not None and block_size not in BLOCK_SIZES:
-        raise _fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
-    if tile is not None and block_size is None:
-        raise _fail("tiling", "give block_size together with tile (64 or 128)")
-    if tile is not None and math.prod(tile) % block_size:
-        raise _fail("tiling.tile", f"{list(tile)} holds {math.prod(tile)} tokens, not a multiple of block_size "
-                    f"{block_size}")
+    tile, block_size = tiling_from_yaml(_mapping(d.get("tiling") or {}, "tiling", set(), {"tile", "block_size"}))
 
     p = _mapping(d.get("profile") or {}, "profile", set(),
                  {"buckets", "steps", "branch", "per_prompt", "dense_warmup", "samples"})
@@ -258,7 +253,7 @@ def recipe_from_dict(data: dict, base_dir: Path = Path("."), source: str = "") -
         name=_str(d.get("name", Path(source).stem or "recipe"), "name"),
         model_id=_str(m["id"], "model.id"),
         adapter=adapter,
-        dtype=_choice(m.get("dtype", "bfloat16"), "model.dtype", _DTYPES),
+        dtype=_choice(m.get("dtype", "bfloat16"), "model.dtype", tuple(DTYPES)),
         offload=_choice(m.get("offload", "none"), "model.offload", _OFFLOAD),
         height=_int(v["height"], "video.height", 1),
         width=_int(v["width"], "video.width", 1),

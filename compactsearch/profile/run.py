@@ -241,17 +241,6 @@ def merge_work_dir(work: Path, recipe: Recipe, out: Path, model_meta: dict | Non
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def _pipeline_call(recipe: Recipe, adapter, prompt: str, generator: torch.Generator, callback) -> dict:
-    kw = dict(prompt=prompt, height=recipe.height, width=recipe.width, num_frames=recipe.frames,
-              num_inference_steps=recipe.steps, generator=generator, output_type="latent",
-              callback_on_step_end=callback)
-    kw.update(adapter.pipeline_kwargs(recipe.guidance, recipe.negative_prompt))
-    if recipe.max_sequence_length is not None:
-        kw["max_sequence_length"] = recipe.max_sequence_length
-    kw.update(recipe.extra)
-    return kw
-
-
 def expert_switch_step(pipe, num_steps: int) -> int | None:
     """First step a two-expert pipeline (Wan 2.2 A14B) runs ``transformer_2``, from its scheduler; else None."""
     ratio = getattr(getattr(pipe, "config", None), "boundary_ratio", None)
@@ -389,7 +378,8 @@ def _run_prompts(recipe: Recipe, adapter, todo: list[int], work: Path, device: s
             generator = torch.Generator("cpu").manual_seed(recipe.seed_of(i))
             t_prompt = time.perf_counter()
             try:
-                pipe(**_pipeline_call(recipe, adapter, recipe.prompts[i], generator, on_step_end))
+                pipe(**recipe.call_kwargs(recipe.prompts[i], generator, output_type="latent",
+                                          callback_on_step_end=on_step_end))
             except torch.cuda.OutOfMemoryError as e:
                 raise InputError(
                     f"CUDA out of memory on prompt {i}: set model.offload: model (or sequential) in the recipe, "

@@ -9,7 +9,7 @@ its token count) we report, all as fractions of the head's total mass over video
 - ``local_1``, ``local_2``, ``local_4``: mass inside a local window of radius r tiles in time and in space
   (``Pattern.local(r, 2r+1, 2r+1)``, clipped to the grid);
 - ``local_30``: mass inside the local 3D window that covers about 30% of the tokens
-  (`compactsearch.patterns.reference_local_pattern`): the same question on every grid size, where a radius in
+  (`compactsearch.tile_choice.reference_local_pattern`): the same question on every grid size, where a radius in
   tiles covers most of a small grid and little of a large one (a uniform head scores ~0.3);
 - ``cross``: mass inside a cross of one tile-row band plus one tile-column band (all distances);
   ``cross_cover``: the fraction of tokens that cross covers (what a uniform head would score; on a 4 x 2 tile
@@ -33,14 +33,9 @@ import math
 
 import torch
 
-from compactsearch.patterns import (
-    FrameGroup,
-    Pattern,
-    Window,
-    pattern_block_mask,
-    pattern_token_density,
-    reference_local_pattern,
-)
+from compactsearch.masks import pattern_block_mask, pattern_token_density
+from compactsearch.patterns import FrameGroup, Pattern, Window
+from compactsearch.tile_choice import reference_local_pattern
 from compactsearch.tiling import TileLayout
 
 __all__ = ["head_stats", "LABELS", "label_from_stats"]

@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 from compactsearch import __version__, _schema
 from compactsearch._io import atomic_dir, dump_yaml, read_yaml, sha256_file
 from compactsearch.errors import InputError
-from compactsearch.geometry import VideoGeometry
+from compactsearch.geometry import VideoGeometry, geometry_from_yaml
 from compactsearch.limits import check_attention_shape, check_caps
 from compactsearch.profile.stats import head_stats
-from compactsearch.tiling import BLOCK_SIZES, TileLayout, default_tile_shape
+from compactsearch.tile_choice import default_tile_shape
+from compactsearch.tiling import TileLayout, tiling_from_yaml
 
 __all__ = ["Profile", "PROFILE_FORMAT"]
 
@@ -353,13 +354,10 @@ class Profile:
         if meta.get("format") != PROFILE_FORMAT:
             raise InputError(f"profile {directory}: format must be {PROFILE_FORMAT!r}, got {meta.get('format')!r}")
         try:
-            _check_meta(meta)
+            geometry = _check_meta(meta)
         except InputError as e:
             raise InputError(f"profile {directory}/profile.yaml: {e}") from e
         try:
-            g = meta["geometry"]
-            geometry = VideoGeometry(g["frames"], g["height"], g["width"], g.get("text_tokens", 0),
-                                     g.get("text_position", "none"))
             prof = cls(
                 geometry=geometry,
                 num_layers=int(meta["layers"]),
@@ -395,24 +393,17 @@ class Profile:
         return prof
 
 
-def _check_meta(meta: dict) -> None:
-    """Check the shape fields of profile.yaml before anything is built from them (the memory limit included)."""
+def _check_meta(meta: dict) -> VideoGeometry:
+    """Check the shape fields of profile.yaml before anything is built from them (the memory limit included);
+    returns the geometry."""
     g = _schema.mapping(meta.get("geometry"), "geometry", {"frames", "height", "width"},
                         {"text_tokens", "text_position"}, top="profile.yaml")
-    for k in ("frames", "height", "width"):
-        _schema.integer(g[k], f"geometry.{k}", 1)
-    _schema.integer(g.get("text_tokens", 0), "geometry.text_tokens", 0)
+    geometry = geometry_from_yaml(g)
     layers = _schema.integer(meta.get("layers"), "layers", 1)
     heads = _schema.integer(meta.get("heads"), "heads", 1)
-    t = _schema.mapping(meta.get("tiling"), "tiling", {"tile", "block_size"}, top="profile.yaml")
-    for i, x in enumerate(_schema.lst(t["tile"], "tiling.tile", 3)):
-        _schema.integer(x, f"tiling.tile[{i}]", 1)
-    block_size = _schema.integer(t["block_size"], "tiling.block_size", 1)
-    if block_size not in BLOCK_SIZES:
-        raise _schema.fail("tiling.block_size", f"must be one of {BLOCK_SIZES}, got {block_size}")
+    _, block_size = tiling_from_yaml(_schema.mapping(meta.get("tiling"), "tiling", {"tile", "block_size"},
+                                                     top="profile.yaml"))
     steps = _schema.integer(meta.get("steps"), "steps", 1)
-    check_caps({"frames": g["frames"], "height": g["height"], "width": g["width"],
-                "text_tokens": g.get("text_tokens", 0)}, "geometry")
     check_caps({"layers": layers, "heads": heads, "steps": steps}, "")
     raw = _schema.lst(meta.get("buckets"), "buckets")
     if not raw:
@@ -428,8 +419,7 @@ def _check_meta(meta: dict) -> None:
     head_dim = model.get("head_dim", 0) if isinstance(model, dict) else 0
     head_dim = _schema.integer(head_dim if head_dim is not None else 0, "model.head_dim", 0)
     check_caps({"head_dim": head_dim}, "model")
-    text = g.get("text_tokens", 0)
-    seq = g["frames"] * g["height"] * g["width"] + text
     prompts = meta.get("prompts") or []
     n_prompts = len(prompts) if meta.get("per_prompt") and isinstance(prompts, list) else 0
-    check_attention_shape(seq, block_size, heads, head_dim or 128, "profile.yaml", prompts=n_prompts)
+    check_attention_shape(geometry.seq_len, block_size, heads, head_dim or 128, "profile.yaml", prompts=n_prompts)
+    return geometry

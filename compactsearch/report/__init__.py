@@ -3,7 +3,10 @@
 ``compactsearch report PROFILE [--config C] --out DIR`` writes ``DIR/report.html`` (figures embedded as base64
 PNG, inline CSS, no script) and ``DIR/figures/*.png``. Modules:
 
-    build      `build_report`: one pass over the profile, then the page (`ReportResult`)
+    build      `build_report`: checks, the page assembled and written (`ReportResult`)
+    collect    one pass over the profile's tensors (a process pool): the numbers the page needs
+    sections   the page's sections, figures and tables
+    texts      the paragraphs of prose that explain them
     maps       attention of the middle query tile per key tile and temporal distance; window outlines
     select     what the small multiples draw for large profiles (the subsampling rules)
     figures    the matplotlib figures (object API, Agg, no pyplot)

@@ -7,7 +7,7 @@ each key tile, split by temporal tile distance ``|dt|`` (the axis the pattern la
 Blocks and tiles do not always coincide: a full tile holds a whole number of blocks, but the packed partial
 tiles after them let a block straddle a few tiles, and the last video block may share its slots with text.
 Mass is therefore spread by token share: a block covering several tiles gives each tile the fraction of the
-block's tokens that lie in it (the same rule `compactsearch.search.evaluate.block_shares` uses), and the share
+block's tokens that lie in it (the same rule `compactsearch.search.scoring.block_shares` uses), and the share
 of a block's tokens that are text goes to "text". Rows of a query tile are the token-share-weighted sum of the
 rows of the blocks it lies in.
 """
@@ -144,7 +144,7 @@ def neighbourhood_maps(mass: torch.Tensor, layout: TileLayout, shares: TileShare
 
 
 def _start(center: int, size: int, n: int) -> int:
-    """First tile of a size-``size`` window centred on ``center``, shifted inward (as `patterns._axis_window`)."""
+    """First tile of a size-``size`` window centred on ``center``, shifted inward (as `masks._axis_window`)."""
     size = min(size, n)
     return min(max(center - size // 2, 0), n - size)
 

@@ -1,4 +1,4 @@
-"""Search: recall/cost evaluation, baselines, the per-head Optuna search and the whole-model budget.
+"""Search: recall/cost scoring, baselines, the per-head Optuna search, the whole-model budget, the config.
 
 Public names (modules are private):
     run_search, SearchSettings, SearchOutcome      the whole search, as `compactsearch search` runs it
@@ -17,13 +17,16 @@ Public names (modules are private):
 
 from __future__ import annotations
 
+from compactsearch.patterns import pattern_from_yaml
 from compactsearch.search.baselines import best_cube, cube_front, default_partition, greedy_contraction, min_pattern
 from compactsearch.search.budget import Allocation, RunPlan, allocate, plan_run
-from compactsearch.search.evaluate import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
 from compactsearch.search.holdout import HoldoutSplit, split_prompts
-from compactsearch.search.run import SearchOutcome, SearchSettings, default_storage, head_name, run_search
+from compactsearch.search.run import run_search
+from compactsearch.search.scoring import CostModel, ExactScore, ExactScorer, HeadTables, LayoutTables
+from compactsearch.search.settings import SearchOutcome, SearchSettings, head_name
 from compactsearch.search.sinks import sink_candidates
-from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.search.space import SearchSpace, canonical
+from compactsearch.search.storage import default_storage
 from compactsearch.search.study import FrontPoint, HeadResult, HeadSettings, Oracle, search_head
 from compactsearch.search.sweep import lagrangian_sweep
 

@@ -16,19 +16,29 @@ blocks) saved. The paper's values (0.011 for Wan) are in unstated units; ``lam =
 
 **Best cube** (sliding-tile style): one window ``(h, w)`` for every distance up to ``dt``, the cheapest whose
 recall is ``>= tau`` (ties: higher recall). All cubes are evaluated at once from the fast tables.
+
+**Whole-model rivals** (`baseline_configs`, what ``compactsearch evaluate --baselines`` runs): at a searched config's
+block density per bucket, the best single cube for the whole model (one window ``(dt, h, w)`` for every head, the
+one with the best mean recall among those no denser than the config) and the greedy contraction with one recall
+threshold for all heads, bisected so the mean density matches.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
+from compactsearch.config import Config, HeadConfig, LayerConfig, summarize
+from compactsearch.errors import InputError
+from compactsearch.masks import build_layer_mask
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.search.evaluate import HeadTables
+from compactsearch.search.scoring import HeadTables, LayoutTables
 from compactsearch.search.space import canonical
 
-__all__ = ["default_partition", "greedy_contraction", "cube_table", "best_cube", "cube_front", "min_pattern"]
+__all__ = ["default_partition", "greedy_contraction", "cube_table", "best_cube", "cube_front", "min_pattern",
+           "baseline_configs"]
 
 
 def min_pattern() -> Pattern:
@@ -169,3 +179,109 @@ def cube_front(ht: HeadTables) -> list[Pattern]:
             best = r
             out.append(_cube(ht.lt.grid, np.unravel_index(int(i), recall.shape)))
     return out
+
+
+# ------------------------------------------------------------------------------------ whole-model configs
+def _profile_bucket(profile, steps: tuple[int, int]) -> int:
+    for b, (lo, hi) in enumerate(profile.buckets):
+        if lo <= steps[0] < hi:
+            return b
+    raise InputError(f"the profile has no bucket for the config's steps {list(steps)}; use the profile the config "
+                     "was searched on")
+
+
+def _uniform_config(config: Config, patterns_by_bucket: list[list[list[Pattern]]], kind: str, extra: dict) -> Config:
+    buckets = []
+    for b, bucket in enumerate(config.buckets):
+        layers = tuple(LayerConfig(li, tuple(HeadConfig(h, patterns_by_bucket[b][li][h])
+                                             for h in range(config.num_heads)))
+                       for li in range(config.num_layers))
+        buckets.append(replace(bucket, layers=layers))
+    out = replace(config, buckets=tuple(buckets), search={}, summary={},
+                  provenance={"kind": kind, "baseline_of": config.provenance.get("profile_hash", ""), **extra})
+    return replace(out, summary=summarize(out))
+
+
+def baseline_configs(profile, config: Config, bisect_steps: int = 14) -> dict[str, Config]:
+    """The best single cube and the paper's greedy contraction at ``config``'s density, bucket by bucket.
+
+    Args:
+        profile: the `Profile` the config was searched on (same geometry, tiling, layers, heads).
+        config: the searched config; its dense warm-up and buckets are kept.
+        bisect_steps: bisection steps on the greedy recall threshold.
+
+    Returns:
+        ``{"best-cube": Config, "greedy": Config}``.
+    """
+    if (profile.geometry != config.geometry or tuple(profile.tile) != tuple(config.tile)
+            or profile.block_size != config.block_size or profile.num_layers != config.num_layers
+            or profile.num_heads != config.num_heads):
+        raise InputError("the profile and the config differ in geometry, tiling, layers or heads; give the profile "
+                         "the config was searched on")
+    layout = config.layout()
+    lt = LayoutTables(layout)
+    nt, nh, nw = layout.grid_thw
+    nb2 = layout.num_blocks ** 2
+    target = summarize(config)["bucket_density"]
+    cube_patterns, greedy_patterns, cube_meta, greedy_meta = [], [], [], []
+    for bi in range(len(config.buckets)):
+        pb = _profile_bucket(profile, config.bucket_steps(bi, profile.num_steps))
+        tables = [HeadTables(lt, m) for layer in range(config.num_layers)
+                  for m in profile.mass(pb, layer)]
+        goal = target[bi] + 1e-9
+
+        def exact_density(p: Pattern) -> float:
+            return build_layer_mask([p], layout).computed_blocks() / nb2
+
+        # best cube: one window for every head
+        best = None
+        for dt in range(nt):
+            for h in range(1, nh + 1):
+                for w in range(1, nw + 1):
+                    p = Pattern.local(dt, h, w)
+                    if lt.pattern_blocks(p) / nb2 > goal + 0.02:
+                        continue
+                    d = exact_density(p)
+                    if d > goal:
+                        continue
+                    r = sum(t.recall(p) for t in tables) / len(tables)
+                    if best is None or r > best[0] + 1e-12 or (abs(r - best[0]) <= 1e-12 and d < best[1]):
+                        best = (r, d, p)
+        if best is None:
+            raise InputError(f"no single cube fits the config's density {target[bi]:.4f} in bucket {bi}")
+        cube_patterns.append([[best[2]] * config.num_heads for _ in range(config.num_layers)])
+        cube_meta.append({"pattern": best[2].describe(), "recall_mean": round(best[0], 5)})
+
+        # greedy: one recall threshold for every head, bisected to the target density
+        def greedy_at(tau: float, tables=tables) -> tuple[float, list[Pattern]]:
+            pats = [greedy_contraction(t, tau)[1] for t in tables]
+            dens = sum(t.density(p) for t, p in zip(tables, pats)) / len(pats)
+            return dens, pats
+
+        lo, hi = 0.0, 1.0
+        d_lo, pats_lo = greedy_at(lo)
+        if d_lo > goal:
+            raise InputError(f"the greedy contraction cannot reach the config's density {target[bi]:.4f} in "
+                             f"bucket {bi} (its floor is {d_lo:.4f})")
+        for _ in range(bisect_steps):
+            mid = (lo + hi) / 2
+            d, pats = greedy_at(mid)
+            if d <= goal:
+                lo, pats_lo = mid, pats
+            else:
+                hi = mid
+        # the fast density can undercount straddling blocks: relax tau until the exact density fits
+        while True:
+            per_layer = [pats_lo[li * config.num_heads:(li + 1) * config.num_heads] for li in range(config.num_layers)]
+            exact = sum(build_layer_mask(p, layout).computed_blocks() for p in per_layer) / (
+                nb2 * config.num_layers * config.num_heads)
+            if exact <= goal + 1e-9 or lo <= 0.0:
+                break
+            lo = max(0.0, lo - 0.01)
+            _, pats_lo = greedy_at(lo)
+        greedy_patterns.append(per_layer)
+        greedy_meta.append({"tau": round(lo, 5), "density": round(exact, 5)})
+    return {
+        "best-cube": _uniform_config(config, cube_patterns, "baseline-best-cube", {"buckets": cube_meta}),
+        "greedy": _uniform_config(config, greedy_patterns, "baseline-greedy", {"buckets": greedy_meta}),
+    }

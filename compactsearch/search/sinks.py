@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from compactsearch.patterns import MAX_SINKS
-from compactsearch.search.evaluate import HeadTables, LayoutTables
+from compactsearch.search.scoring import HeadTables, LayoutTables
 
 __all__ = ["sink_candidates", "outside_column_mass", "MIN_SHARE_RATIO"]
 

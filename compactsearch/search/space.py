@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, IntDistribution
 
 from compactsearch.patterns import FrameGroup, Pattern, Window
 
-__all__ = ["SearchSpace", "canonical", "pattern_from_yaml"]
+__all__ = ["SearchSpace", "canonical"]
 
 
 def _union(windows: tuple[Window, ...]) -> tuple[Window, ...]:
@@ -60,17 +60,6 @@ def canonical(pattern: Pattern, grid: tuple[int, int, int]) -> Pattern:
     ):
         return Pattern.dense()  # every key: sinks add nothing
     return Pattern(tuple(groups), pattern.sinks)
-
-
-def pattern_from_yaml(data, sinks=()) -> Pattern:
-    """Inverse of `Pattern.to_yaml` (and `Pattern.sinks_yaml`; trusted input: the search's own storage)."""
-    if data == "dense":
-        return Pattern.dense()
-    return Pattern(
-        tuple(FrameGroup(int(g["dt"][0]), int(g["dt"][1]), tuple(Window(int(h), int(w)) for h, w in g["windows"]))
-              for g in data),
-        tuple(tuple(int(x) for x in s) for s in sinks),
-    )
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ import numpy as np
 import optuna
 import torch
 
-from compactsearch.patterns import MAX_SINKS, Pattern
+from compactsearch.patterns import MAX_SINKS, Pattern, pattern_from_yaml
 from compactsearch.search.baselines import best_cube, cube_front, greedy_contraction, min_pattern
-from compactsearch.search.evaluate import ExactScore, ExactScorer, HeadTables
 from compactsearch.search.fidelity import HeadFidelity
+from compactsearch.search.scoring import ExactScore, ExactScorer, HeadTables
 from compactsearch.search.sinks import sink_candidates
-from compactsearch.search.space import SearchSpace, canonical, pattern_from_yaml
+from compactsearch.search.space import SearchSpace, canonical
 from compactsearch.search.sweep import lagrangian_sweep
 
 __all__ = ["HeadSettings", "FrontPoint", "HeadResult", "Oracle", "search_head", "pareto", "SAMPLERS"]
@@ -50,7 +50,8 @@ FIDELITY_CUBES = 16  # cube-front points re-scored for fidelity per head
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """Per-head search settings.
+    """Per-head search settings; their defaults are the search's (`compactsearch.search.settings.SearchSettings`,
+    the CLI's).
 
     Attributes:
         floor: recall floor (the Optuna constraint).
@@ -64,11 +65,11 @@ class HeadSettings:
     """
 
     floor: float = 0.9
-    trials: int = 40
+    trials: int = 32
     max_groups: int = 3
     sampler: str = "nsga2"
     population: int = 16
-    max_front: int = 32
+    max_front: int = 24
     greedy_lambda: float = math.inf
     sinks: int = MAX_SINKS
 
@@ -119,7 +120,7 @@ class FrontPoint:
         def opt(k):
             return None if d.get(k) is None else float(d[k])
 
-        return cls(pattern_from_yaml(d["pattern"], d.get("sinks", ())), float(d["recall"]), float(d["recall_min"]),
+        return cls(pattern_from_yaml(d["pattern"], d.get("sinks")), float(d["recall"]), float(d["recall_min"]),
                    int(d["blocks"]), opt("holdout_recall"), opt("fidelity"), opt("oracle_recall"),
                    opt("oracle_fidelity"))
 

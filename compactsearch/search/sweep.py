@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.search.evaluate import HeadTables
+from compactsearch.search.scoring import HeadTables
 from compactsearch.search.space import SearchSpace, canonical
 
 __all__ = ["lagrangian_sweep", "RangeOptions"]

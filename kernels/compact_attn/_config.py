@@ -47,8 +47,8 @@ __all__ = [
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # "auto" work order: head by head once one head's K + V pass this (75,600 x 128 bf16 is 36.9 MiB, 69,120 is 33.8,
-# 32,760 is 16.0). 24 MiB since the 12:30 sweep: at 69,120 head order was 0.1-4.5% faster than heaviest-first at
-# every density (KERNEL_NOTES.md section 10).
+# 32,760 is 16.0). 24 MiB: at 69,120 head order was 0.1-4.5% faster than heaviest-first at every density
+# (KERNEL_NOTES.md section 10).
 HEAD_ORDER_KV_BYTES = 24 * 2**20
 HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 HAS_GLUON = attention_ws.HAS_GLUON  # the warp-specialised Hopper kernel can be built
@@ -61,20 +61,12 @@ class AttnConfig:
     """One launch configuration of the block-sparse forward.
 
     ``block_m`` must divide the mask's ``block_q`` and ``block_n`` its ``block_k`` (the wrapper clamps both
-    to the mask's block sizes). ``use_tma`` and ``exp16`` are requests: the wrapper drops
-    them where the Triton build, the device, the dtype or the tensor strides cannot honour them. ``exp16``
-    computes the softmax exponentials in bf16/fp16 (``ex2.approx.*x2``). ``pipe_qk`` issues the next tile's
-    ``QK^T`` before the current tile's softmax (FA3's intra-warpgroup overlap, written in the source).
-    ``rescale_threshold`` > 0: lazy rescaling (FA4): the accumulator is rescaled only when a row max grows by
-    more than this many log2 units (exact result; 0 rescales every tile). ``exp_poly``: half the softmax
-    exponentials by an FMA polynomial instead of MUFU (FA4's split). ``order``: launch order of the work
+    to the mask's block sizes). ``use_tma`` is a request: the wrapper drops it where the Triton build, the device
+    or the tensor strides cannot honour it. ``order``: launch order of the work
     items, ``"lpt"`` (heaviest first over all heads), ``"head"`` (head by head, heaviest first in each),
     ``"natural"`` (head by head, query blocks in tile order), or
     ``"auto"``: ``"head"`` when one head's K and V exceed `HEAD_ORDER_KV_BYTES` (then programs of several
     heads running together would share the H200's 50 MB L2 poorly), else ``"lpt"``.
-    ``one_trip`` (lazy rescaling, TMA path only): run the main loop at least once so no zero-trip path exists;
-    ``None`` = when the sequence has no ragged tail, which is where a local sm_90 compile showed ptxas
-    serialising the wgmmas otherwise.
     ``dense_heads``: where heads whose mask keeps every key block for every query block run. ``"sdpa"``:
     ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN, then flash, efficient, math), the same math,
     for bf16/fp16 without ``return_lse``; the other heads run on the kernel, into the same output.
@@ -91,22 +83,14 @@ class AttnConfig:
     num_warps: int = 8
     num_stages: int = 3
     use_tma: bool = False
-    pipe_qk: bool = False
-    exp16: bool = False
-    rescale_threshold: float = 0.0
-    exp_poly: bool = False
     order: str = "auto"
-    one_trip: bool | None = None
     dense_heads: str = "sdpa"
     warp_specialized: bool = False
     pingpong: bool = True
     persistent: bool = True
 
     def describe(self) -> str:
-        flags = "".join(f for f, on in (("+tma", self.use_tma), ("+pipe", self.pipe_qk), ("+exp16", self.exp16),
-                                          (f"+lazy{self.rescale_threshold:g}", self.rescale_threshold > 0),
-                                          ("+poly", self.exp_poly), (f"+{self.order}", self.order != "auto"),
-                                          (f"+trip{int(bool(self.one_trip))}", self.one_trip is not None),
+        flags = "".join(f for f, on in (("+tma", self.use_tma), (f"+{self.order}", self.order != "auto"),
                                           ("+kdense", self.dense_heads == "kernel"),
                                           ("+ws", self.warp_specialized),
                                           ("+nopp", self.warp_specialized and not self.pingpong),
@@ -185,10 +169,11 @@ def _kernel_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> A
         # Triton-language kernel's, for the inputs the Gluon one cannot take. Its H200 sweeps (KERNEL_NOTES.md):
         # one warpgroup per program and tiles small enough for 2 programs per SM, so one program's softmax
         # overlaps the other's MMAs. d=128: 542 TFLOP/s dense at 69,120 tokens (0.86x cuDNN) against 459 for
-        # 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens. Lazy rescaling and the
-        # FMA-polynomial exp2 were measured slower and stay off.
+        # 128x128 tiles with 8 warps; d=64: on par with cuDNN at 17,776 tokens. (Lazy rescaling, the FMA-polynomial
+        # exp2, packed 16-bit exp2 and QK^T pipelining were measured slower and removed: KERNEL_NOTES.md.)
         ws = HAS_GLUON and major == 9
-        if head_dim <= 64:  # d=64 without ping-pong (CogVideoX: 3 of 4 points at 13:42, 2 of 5 at 13:56; a tie)
+        if head_dim <= 64:  # d=64 without ping-pong: it won 3 of 4 points in one sweep, 2 of 5 in the next, a tie
+            # (CogVideoX; BENCHMARKS.md, "Sweeps behind the defaults")
             return AttnConfig(block_m=64, block_n=128, num_warps=4, num_stages=3, use_tma=HAS_TMA, warp_specialized=ws,
                               pingpong=False)
         return AttnConfig(block_m=128, block_n=64, num_warps=4, num_stages=2, use_tma=HAS_TMA, warp_specialized=ws)
@@ -198,7 +183,7 @@ def _kernel_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> A
 
 
 def attention_autotune_configs(head_dim: int) -> list[AttnConfig]:
-    """The opt-in sweep: BLOCK_M 64/128, BLOCK_N 64/128, 4/8 warps, 2-4 stages, TMA where available, QK pipelining."""
+    """The opt-in sweep: BLOCK_M 64/128, BLOCK_N 64/128, 4/8 warps, 2-4 stages, TMA where available."""
     out = []
     for bm in (64, 128):
         for bn in (64, 128):
@@ -208,7 +193,6 @@ def attention_autotune_configs(head_dim: int) -> list[AttnConfig]:
                 for stages in (2, 3, 4):
                     for tma in (False, True) if HAS_TMA else (False,):
                         out.append(AttnConfig(bm, bn, warps, stages, use_tma=tma))
-    out += [replace(c, pipe_qk=True) for c in out if c.block_m == 128 and c.num_warps == 8]
     return out
 
 

@@ -95,46 +95,6 @@ def _load_rows(ptr, desc, row0, n_rows, stride_n, BLOCK: tl.constexpr, HEAD_DIM:
 
 
 @triton.jit
-def _exp2_lowp(x, IS_BF16: tl.constexpr, EMULATE: tl.constexpr):
-    """``2^x`` on packed 16-bit pairs: one MUFU op per two elements (twice the fp32 rate). ``x`` is bf16/fp16
-    and so is the result. ``EMULATE`` (interpreter: no inline PTX) computes the same in fp32 and rounds."""
-    if EMULATE:
-        y = tl.math.exp2(x.to(tl.float32)).to(x.dtype)
-    elif IS_BF16:
-        y = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
-                                      is_pure=True, pack=2)
-    else:
-        y = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
-                                      is_pure=True, pack=2)
-    return y
-
-
-@triton.jit
-def _exp2_fma(x):
-    """``2^x`` without the MUFU unit (FMA pipe only): round ``x`` to ``j + f`` with ``|f| <= 1/2`` by the
-    ``1.5 * 2^23`` add, a degree-3 polynomial for ``2^f`` (fitted here for relative error, max 7.5e-5, far
-    below the bf16 rounding of ``p``), and ``j`` added into the exponent bits. ``x`` is clamped to -125 (the
-    exponent field stays >= 1 for ``2^f >= 0.7``) so
-    -inf gives ~2e-38 instead of garbage (relative to the row's max term, which is >= 1)."""
-    x = tl.maximum(x, -125.0)
-    t = x + 12582912.0  # 1.5 * 2^23: the low mantissa bits of t hold round(x)
-    f = x - (t - 12582912.0)
-    poly = 0.05517166 * f + 0.24261112
-    poly = poly * f + 0.69326099
-    poly = poly * f + 0.99992807
-    bits = poly.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)  # (bits(t) << 23) == j << 23
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_split(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``2^x`` of a ``[BLOCK_M, BLOCK_N]`` fp32 tile, even columns on MUFU and odd ones by `_exp2_fma`
-    (FlashAttention-4's split of the exponentials between the two units; a column pair sits in one thread)."""
-    ev, od = tl.split(x.reshape(BLOCK_M, BLOCK_N // 2, 2))
-    return tl.join(tl.math.exp2(ev), _exp2_fma(od)).reshape(BLOCK_M, BLOCK_N)
-
-
-@triton.jit
 def _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
             USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Raw scores ``q k^T`` ``[BLOCK_M, BLOCK_N]`` of one key tile; keys past N are -inf when ``MASKED``."""
@@ -149,44 +109,19 @@ def _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N: tl.constexpr, HEAD_
 @triton.jit
 def _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N: tl.constexpr,
                 HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-                UPCAST: tl.constexpr, EXP16: tl.constexpr, RESCALE_TH: tl.constexpr, EXP_POLY: tl.constexpr):
-    """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the running reference
-    max in log2 units (the exponent offset of ``acc`` and ``l_i``).
-
-    ``RESCALE_TH`` > 0 (lazy rescaling, as FlashAttention-4): the reference max moves, and ``acc`` and ``l_i``
-    are rescaled, only when some row's max grows by more than ``RESCALE_TH`` (log2 units) over it; otherwise
-    the stale reference stays and ``p = 2^(s - m_i) <= 2^RESCALE_TH``, which fp32 sums and 16-bit ``p`` hold
-    exactly as well. The result is the same: ``o = acc / l`` and ``lse = m_i + log2(l)`` for any reference.
-    The test is one CTA-wide max, so the branch is uniform and the usual case skips the
-    ``BLOCK_M x HEAD_DIM`` multiply. (The first tile always rescales: ``m_i = -inf``, and ``acc = 0``.)
-    ``RESCALE_TH`` = 0: rescale every tile (the classic online softmax).
-
-    ``EXP16``: the exponent is rounded to the input dtype and exponentiated as 16-bit floats; the row sum
-    then adds the same rounded ``p`` that feeds the PV product (numerator and denominator agree)."""
+                UPCAST: tl.constexpr):
+    """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the running row max in log2
+    units (the exponent offset of ``acc`` and ``l_i``); every tile rescales ``acc`` and ``l_i`` to the new max."""
     v = _load_rows(v_ptr, v_desc, kv_row, N, stride_vn, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
     # exp2 with log2(e) folded into the scale: p = 2^(qk * scale * log2e - m)
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    if RESCALE_TH > 0:
-        if tl.max(m_ij - m_i, 0) > RESCALE_TH:
-            alpha = tl.math.exp2(m_i - m_ij)
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_ij
-    else:
-        alpha = tl.math.exp2(m_i - m_ij)
-        acc = acc * alpha[:, None]
-        l_i = l_i * alpha
-        m_i = m_ij
-    if EXP16 > 0:
-        p = _exp2_lowp((qk * qk_scale - m_i[:, None]).to(v.dtype), v.dtype == tl.bfloat16, EXP16 == 2)
-        l_i = l_i + tl.sum(p.to(tl.float32), 1)
-    else:
-        if EXP_POLY:
-            p32 = _exp2_split(qk * qk_scale - m_i[:, None], qk.shape[0], BLOCK_N)
-        else:
-            p32 = tl.math.exp2(qk * qk_scale - m_i[:, None])
-        l_i = l_i + tl.sum(p32, 1)
-        p = p32.to(v.dtype)
+    alpha = tl.math.exp2(m_i - m_ij)
+    acc = acc * alpha[:, None]
+    l_i = l_i * alpha
+    m_i = m_ij
+    p32 = tl.math.exp2(qk * qk_scale - m_i[:, None])
+    l_i = l_i + tl.sum(p32, 1)
+    p = p32.to(v.dtype)
     acc = _mma(p, v, acc, DOT_PREC, UPCAST)
     return acc, l_i, m_i
 
@@ -202,9 +137,8 @@ def _block_sparse_fwd(
     B, H, N, NQB, NKB, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_TAIL: tl.constexpr, EVEN_M: tl.constexpr, USE_TMA: tl.constexpr, PIPE_QK: tl.constexpr,
-    RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, EXP16: tl.constexpr,
-    RESCALE_TH: tl.constexpr, EXP_POLY: tl.constexpr, ONE_TRIP: tl.constexpr,
+    HAS_TAIL: tl.constexpr, EVEN_M: tl.constexpr, USE_TMA: tl.constexpr,
+    RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     MSPLIT: tl.constexpr = BLOCK_Q // BLOCK_M  # programs per query block
     SUB: tl.constexpr = BLOCK_K // BLOCK_N  # key tiles per listed key block
@@ -244,45 +178,18 @@ def _block_sparse_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     n_tiles = n_main * SUB
-    if PIPE_QK:
-        # Software-pipelined: the next tile's QK^T is issued before this tile's softmax, so the tensor cores
-        # work while the softmax runs (the last iteration recomputes its own tile's scores, unused).
-        kv_row = tl.load(idx_ptr, mask=n_tiles > 0, other=0) * BLOCK_K
+    for t in range(0, n_tiles):
+        kv_row = tl.load(idx_ptr + t // SUB, mask=t < n_tiles, other=NKB) * BLOCK_K + (t % SUB) * BLOCK_N
         qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
-        for t in range(0, n_tiles):
-            tn = tl.minimum(t + 1, n_tiles - 1)
-            nxt = tl.load(idx_ptr + tn // SUB) * BLOCK_K + (tn % SUB) * BLOCK_N
-            qk_next = _scores(q, k_ptr, k_desc, nxt, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
-                              UPCAST)
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
-            qk = qk_next
-            kv_row = nxt
-    else:
-        n_iter = n_tiles
-        if ONE_TRIP and USE_TMA:
-            # At least one trip (lazy rescaling without a tail loop): with a zero-trip path LLVM sinks acc's
-            # zero-init behind the loop and ptxas then serialises every wgmma (C7515). An empty list runs one tile
-            # past the sequence end (key block NKB, TMA only): the copy engine zero-fills K and V there, so acc
-            # stays 0 and only l_i, m_i need undoing below.
-            n_iter = tl.maximum(n_tiles, 1)
-        for t in range(0, n_iter):
-            kv_row = tl.load(idx_ptr + t // SUB, mask=t < n_tiles, other=NKB) * BLOCK_K + (t % SUB) * BLOCK_N
-            qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC,
-                         UPCAST)
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
-        if ONE_TRIP and USE_TMA:
-            ran = n_tiles > 0
-            l_i = tl.where(ran, l_i, 0.0)
-            m_i = tl.where(ran, m_i, float("-inf"))
+        acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
+                                    HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
     if HAS_TAIL:  # element-masked step over the tiles of the last block that hold keys
         tail_tiles = tl.cdiv(N - (NKB - 1) * BLOCK_K, BLOCK_N)  # tiles wholly past N are skipped
         for t in tl.range(0, (n_blocks - n_main) * tail_tiles, num_stages=1):  # no smem for pipelining this
             kv_row = (NKB - 1) * BLOCK_K + t * BLOCK_N
             qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
             acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST, EXP16, RESCALE_TH, EXP_POLY)
+                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
 
     # Rows with no key block: l = 0 -> o = 0, lse = -inf (as the reference).
     empty = l_i == 0.0
@@ -306,8 +213,8 @@ def _prune(configs, named_args, **kwargs):
 
 
 def _triton_config(c: AttnConfig) -> triton.Config:
-    return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "USE_TMA": c.use_tma,
-                          "PIPE_QK": c.pipe_qk}, num_warps=c.num_warps, num_stages=c.num_stages)
+    return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "USE_TMA": c.use_tma},
+                         num_warps=c.num_warps, num_stages=c.num_stages)
 
 
 _tuned_kernels: dict[tuple[int, bool], object] = {}
@@ -400,16 +307,6 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _exp16_mode(c: AttnConfig, q: torch.Tensor) -> int:
-    """0: fp32 exp2; 1: packed 16-bit ex2 in PTX (bf16 needs sm_90, fp16 sm_75); 2: its interpreter emulation."""
-    if not c.exp16 or q.dtype == torch.float32:
-        return 0
-    if INTERPRET:
-        return 2
-    need = (9, 0) if q.dtype == torch.bfloat16 else (7, 5)
-    return 1 if torch.cuda.get_device_capability(q.device) >= need else 0
-
-
 def block_sparse_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -493,8 +390,7 @@ def block_sparse_attention_triton(
     if tma_ok:
         triton.set_allocator(_tma_allocator)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    common = dict(HEAD_DIM=D, BLOCK_Q=bq, BLOCK_K=bk, RETURN_LSE=return_lse, UPCAST=upcast, EXP16=_exp16_mode(c, q),
-                  EXP_POLY=c.exp_poly and q.dtype != torch.float32,
+    common = dict(HEAD_DIM=D, BLOCK_Q=bq, BLOCK_K=bk, RETURN_LSE=return_lse, UPCAST=upcast,
                   DOT_PREC="ieee" if q.dtype == torch.float32 or upcast else "tf32")
     args = (q, k, v, out, lse, kv_num, kv_idx, order,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -503,10 +399,6 @@ def block_sparse_attention_triton(
     n_items = order.numel() * B  # the listed (head, query block) items, each for every batch element
 
     has_tail = N % bk != 0
-    # Lazy rescaling (exact on every path); its one-trip loop form (see the kernel) runs on the TMA path only.
-    lazy = float(c.rescale_threshold) if c.rescale_threshold > 0 and q.dtype != torch.float32 else 0.0
-    one_trip = lazy > 0 and (not has_tail if c.one_trip is None else c.one_trip)
-    common.update(RESCALE_TH=lazy, ONE_TRIP=one_trip)
     if config is None and autotune_enabled():
         kernel = _autotuned(D, tma_ok)
 
@@ -519,7 +411,7 @@ def block_sparse_attention_triton(
         use_tma = c.use_tma and tma_ok
         _block_sparse_fwd[(n_items * (bq // bm),)](
             *args, scale * LOG2E,
-            BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=has_tail, EVEN_M=N % bq == 0, USE_TMA=use_tma, PIPE_QK=c.pipe_qk,
+            BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=has_tail, EVEN_M=N % bq == 0, USE_TMA=use_tma,
             num_warps=c.num_warps, num_stages=c.num_stages, **common,
         )
     return (out, lse) if return_lse else out

@@ -26,7 +26,7 @@ Limits, stated plainly:
 - Hopper only (sm_90, Gluon's wgmma and TMA), Triton >= 3.6 (the Gluon API this is written against);
   `available` says whether this build and device can run it. Gluon has no interpreter mode, so the CPU
   tests compile it for sm_90 (`compile_sm90`) and check its resources, and the GPU checks its output against
-  the reference (benchmarks/kernel_check.py, benchmarks/kernel.py, ``compactsearch validate --kernel triton``).
+  the reference (benchmarks/kernel_correctness.py, benchmarks/kernel.py, ``compactsearch validate --kernel triton``).
 - Mask blocks of 128 x 128 only; head dim 64 or 128; bf16 or fp16; q, k, v contiguous ``[B, H, N, D]``
   (the wrapper copies otherwise), so one flat ``[B * H * N, D]`` TMA descriptor serves every head: rows a
   ragged last block reads past a head's end belong to the next head (or are zero-filled past the tensor's

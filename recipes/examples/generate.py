@@ -12,7 +12,8 @@ from pathlib import Path
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window
-from compactsearch.tiling import TileLayout, default_tiling
+from compactsearch.tile_choice import default_tiling
+from compactsearch.tiling import TileLayout
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,11 +1,11 @@
-"""Readable pictures of a config's heads (ASCII, for terminals)."""
+"""What `compactsearch inspect` shows of a config: one row per head, and readable ASCII pictures of a head."""
 
 from __future__ import annotations
 
 from compactsearch.config import Config
-from compactsearch.patterns import tile_mask
+from compactsearch.masks import tile_mask
 
-__all__ = ["head_picture", "window_picture"]
+__all__ = ["head_rows", "head_picture", "window_picture"]
 
 
 def window_picture(config: Config, bucket: int, layer: int, head: int) -> str:
@@ -61,3 +61,24 @@ def head_picture(config: Config, bucket: int, layer: int, head: int, max_size: i
                 f"key blocks across; downsampled to at most {max_size}):")
     text.append(mask.ascii(head, max_size=max_size))
     return "\n".join(text)
+
+
+def head_rows(config: Config, bucket: int | None = None, layer: int | None = None) -> list[dict]:
+    """One row per (bucket, layer, head): pattern text, built block density, recall, oracle recall and pattern
+    efficiency when the search recorded them (None otherwise)."""
+    layout = config.layout()
+    rows = []
+    for bi, b in enumerate(config.buckets):
+        if bucket is not None and b.id != bucket:
+            continue
+        for li, lc in enumerate(b.layers):
+            if layer is not None and li != layer:
+                continue
+            mask = config.layer_mask(bi, li, layout)
+            dens = mask.head_density()
+            for hc in lc.heads:
+                rows.append({"bucket": b.id, "steps": list(config.bucket_steps(bi)), "layer": li, "head": hc.head,
+                             "pattern": hc.pattern.describe(), "density": float(dens[hc.head]),
+                             "recall": hc.recall, "oracle_recall": hc.oracle_recall,
+                             "efficiency": hc.efficiency})
+    return rows

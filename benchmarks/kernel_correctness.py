@@ -11,7 +11,7 @@ before each run.
 Pass rule (as the CPU tests): relative Frobenius error against fp32 <= 2x PyTorch's own error in the same low
 precision (+1e-5), no NaN anywhere, and the logsumexp within 2e-2 of the fp32 one. Exit code 1 on any failure.
 
-    PYTHONPATH=kernels:. python benchmarks/kernel_check.py [--variants m128n128w4s2+ws ...]
+    PYTHONPATH=kernels:. python benchmarks/kernel_correctness.py [--variants m128n128w4s2+ws ...]
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def sink_mask(H: int, thw: tuple[int, int, int], text_tokens: int, text: str, de
     """A layer mask from the pattern language, every head with sink key tiles (the default tile, 128-token
     blocks): sinks only, a local window plus sinks, a cross plus sinks, a frame-grouped head plus four sinks."""
     from compactsearch.geometry import VideoGeometry
-    from compactsearch.patterns import FrameGroup, Pattern, Window, build_layer_mask
-    from compactsearch.tiling import TileLayout, _best_tile
+    from compactsearch.masks import build_layer_mask
+    from compactsearch.patterns import FrameGroup, Pattern, Window
+    from compactsearch.tile_choice import _best_tile
+    from compactsearch.tiling import TileLayout
 
     geometry = VideoGeometry(*thw, text_tokens=text_tokens, text_position=text)
     layout = TileLayout(geometry, _best_tile(geometry, 128)[0], 128)  # the cases' kernel blocks: 128 tokens
@@ -136,7 +138,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("kernel_check.py needs a CUDA GPU")
+        raise SystemExit("kernel_correctness.py needs a CUDA GPU")
     failures = 0
     for case in CASES:
         D, dtype = case[6], case[7]

@@ -9,8 +9,9 @@ import torch
 
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.patterns import FrameGroup, Pattern, Window, pattern_block_mask
-from compactsearch.search.evaluate import CostModel, ExactScorer, HeadTables, LayoutTables
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import FrameGroup, Pattern, Window
+from compactsearch.search.scoring import CostModel, ExactScorer, HeadTables, LayoutTables
 from compactsearch.tiling import TileLayout
 
 LAYOUTS = [

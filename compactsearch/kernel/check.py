@@ -3,12 +3,13 @@
 Modes:
 - ``triton`` (needs CUDA): per layer, q/k/v (random bf16, or the q/k/v a profile captured for that layer)
   through the Triton kernel; sampled query blocks compared with an fp32 reference; timed against dense cuDNN
-  SDPA (`compactsearch.kernel_bench.time_against_dense`), the speed-up reported per layer.
+  SDPA (`compactsearch.kernel.bench.time_against_dense`), the speed-up reported per layer.
 - ``interpret`` (CPU): the same kernel in Triton's interpreter (``TRITON_INTERPRET=1``) on a sample of heads and
   query blocks: the other query blocks get an empty key list, so the interpreter only walks the sampled ones.
 
 Tolerance, as PyTorch's own low-precision error sets it: ``err(kernel, fp32) <= 2 * err(torch bf16, fp32) +
-1e-3`` on the sampled rows, where "torch bf16" is the same masked attention computed in bf16 by PyTorch.
+1e-3`` on the sampled rows, where "fp32" is `compact_attn.reference.masked_dense_attention` and "torch bf16" the
+same masked attention computed in bf16 by PyTorch (`_lowp_rows`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Callable
 import torch
 
 import compact_attn
+from compact_attn import reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.config import Config
 from compactsearch.errors import InputError
-from compactsearch.validation import Check
+from compactsearch.validation import Check, row_token_mask
 
 __all__ = ["make_kernel_check", "KERNEL_MODES"]
 
@@ -31,14 +33,11 @@ KERNEL_MODES = ("none", "interpret", "triton")
 KERNEL_HEAD_DIMS = compact_attn.HEAD_DIMS
 
 
-def _masked_rows(q, k, v, dense_blocks, rows, block_q, block_k, dtype):
-    """Masked dense attention for ``rows`` of every head, computed in ``dtype`` (fp32 reference or bf16)."""
-    N, D = k.shape[-2], k.shape[-1]
-    k_blk = torch.arange(N, device=k.device) // block_k
-    allowed = dense_blocks[:, rows // block_q][:, :, k_blk]  # [h, r, N]
-    s = torch.einsum("hqd,hkd->hqk", q[0][:, rows].to(dtype), k[0].to(dtype)) * (1.0 / math.sqrt(D))
-    s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s.float(), -1).nan_to_num(0.0).to(dtype)
+def _lowp_rows(q, k, v, allowed, rows, dtype):
+    """The masked attention of ``rows`` computed by PyTorch in ``dtype`` (bf16/fp16), as float32 ``[h, r, D]``:
+    the yardstick of the kernel's own low-precision error."""
+    s = torch.einsum("hqd,hkd->hqk", q[0][:, rows].to(dtype), k[0].to(dtype)) * (1.0 / math.sqrt(k.shape[-1]))
+    p = torch.softmax(s.masked_fill(~allowed, float("-inf")).float(), -1).nan_to_num(0.0).to(dtype)
     return torch.einsum("hqk,hkd->hqd", p, v[0].to(dtype)).float()
 
 
@@ -111,16 +110,16 @@ def make_kernel_check(
         out = torch.full_like(q, float("nan"))
         block_sparse_attention_triton(q, k, v, sub, out=out)
         rows = _sample_rows(mask, q_blocks, device)
-        dense_blocks = sub.to_dense()
-        ref = _masked_rows(q, k, v, dense_blocks, rows, mask.block_q, mask.block_k, torch.float32)
-        low = _masked_rows(q, k, v, dense_blocks, rows, mask.block_q, mask.block_k, dtype)
+        allowed = row_token_mask(sub.to_dense(), rows, mask.block_q, mask.block_k, mask.seq_len)
+        ref = reference.masked_dense_attention(q[:, :, rows].float(), k.float(), v.float(), allowed)[0]
+        low = _lowp_rows(q, k, v, allowed, rows, dtype)
         got = out[0][:, rows].float()
         err, err_torch = float((got - ref).abs().max()), float((low - ref).abs().max())
         ok = bool(torch.isfinite(got).all()) and err <= 2 * err_torch + 1e-3
         detail = (f"bucket {bucket} layer {layer}: max err {err:.2e} vs torch {dtype} {err_torch:.2e} "
                   f"({len(heads)} heads, {len(q_blocks)} query blocks, {source} q/k/v)")
         if mode == "triton":
-            from compactsearch.kernel_bench import time_against_dense
+            from compactsearch.kernel.bench import time_against_dense
 
             key = (tuple(q.shape), q.dtype)
             t = time_against_dense(q, k, v, sub, reps=5, dense_ms=dense_ms.get(key))

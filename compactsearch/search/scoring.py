@@ -1,6 +1,6 @@
 """Recall and cost of patterns on one head's block mass: a fast tile-level evaluator and the exact one.
 
-**Exact** (`ExactScorer`): the block mask the kernel runs (`compactsearch.patterns.pattern_block_mask`, rebuilt
+**Exact** (`ExactScorer`): the block mask the kernel runs (`compactsearch.masks.pattern_block_mask`, rebuilt
 here with the same rule but cached and a cheaper tile -> block OR) applied to the head's block mass
 ``[NQB, NKB]``:
 
@@ -46,7 +46,8 @@ import torch
 
 from compactsearch._io import read_yaml
 from compactsearch.errors import InputError
-from compactsearch.patterns import Pattern, pattern_block_mask
+from compactsearch.masks import pattern_block_mask
+from compactsearch.patterns import Pattern
 from compactsearch.tiling import TileLayout
 
 __all__ = ["LayoutTables", "HeadTables", "ExactScorer", "ExactScore", "CostModel", "block_shares"]
@@ -337,7 +338,7 @@ class ExactScore:
 class ExactScorer:
     """Exact recall and cost against the kernel's block mask, with a per-layout LRU cache of masks.
 
-    The mask is `compactsearch.patterns.pattern_block_mask`'s; this class adds the cache and block counts.
+    The mask is `compactsearch.masks.pattern_block_mask`'s; this class adds the cache and block counts.
     """
 
     def __init__(self, layout: TileLayout, cache_size: int = 256):

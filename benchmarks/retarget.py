@@ -28,38 +28,60 @@ from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.store import Profile
 from compactsearch.retarget import RULES, retarget
 from compactsearch.search import SearchSettings, run_search
+from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.search.scoring import ExactScorer
 from compactsearch.tile_choice import default_tiling
 from compactsearch.tiling import TileLayout
 
-ROW = "| {target} | {rule} | {density:.4f} | {recall:.4f} | {native_density:.4f} | {native_recall:.4f} | {delta:+.4f} |"
+ROW = ("| {target} | {rule} | {density:.4f} | {recall:.4f} | {native_density:.4f} | {native_recall:.4f} | {delta:+.4f} "
+       "| {fid} |")
 
 
-def config_recall(cfg: Config, prof: Profile) -> tuple[float, float]:
-    """(whole-run recall with dense steps at 1, mean recall over the sparse steps) of ``cfg`` on ``prof``."""
+def _fid(row: dict) -> str:
+    """The fidelity column: retargeted / native (estimated relative output error 1 - fidelity in brackets)."""
+    if row["fidelity"] is None or row["native_fidelity"] is None:
+        return "-"
+    return (f"{row['fidelity']:.5f} / {row['native_fidelity']:.5f} "
+            f"(error x{(1 - row['fidelity']) / max(1 - row['native_fidelity'], 1e-12):.2f})")
+
+
+def config_scores(cfg: Config, prof: Profile) -> dict:
+    """Whole-run figures of ``cfg`` on ``prof`` (dense steps at 1): ``recall``, ``recall_sparse`` (mean over the
+    sparse steps) and, where the profile has value statistics, ``fidelity`` (`HeadFidelity`: 1 - the heads'
+    estimated relative output error), the search's own predictor of output quality."""
     layout = prof.layout()
     if (cfg.geometry, tuple(cfg.tile), cfg.block_size) != (prof.geometry, tuple(prof.tile), prof.block_size):
         raise SystemExit("the config and the profile differ in geometry or tiling")
     scorer = ExactScorer(layout)
     plan = cfg.plan(prof.num_steps)
-    cache: dict[tuple[int, int], float] = {}
-    total, sparse, n_sparse = 0.0, 0.0, 0
+    cache: dict[tuple[int, int], tuple[float, float | None]] = {}
+    recall, sparse, fidelity, n_sparse = 0.0, 0.0, 0.0, 0
+    has_values = True
     for step in range(prof.num_steps):
         bi = plan.bucket_of(step)
         if bi is None:
-            total += 1.0
+            recall += 1.0
+            fidelity += 1.0
             continue
         pb = next(i for i, (a, b) in enumerate(prof.buckets) if a <= step < b)
         if (bi, pb) not in cache:
-            rs = []
+            rs, fs = [], []
             for lc in cfg.buckets[bi].layers:
-                mass = prof.mass(pb, lc.layer)
-                rs += [scorer.score(hc.pattern, mass[hc.head]).recall for hc in lc.heads]
-            cache[(bi, pb)] = sum(rs) / len(rs)
-        total += cache[(bi, pb)]
-        sparse += cache[(bi, pb)]
+                mass, factor = prof.mass(pb, lc.layer), prof.value_factor(pb, lc.layer)
+                for hc in lc.heads:
+                    rs.append(scorer.score(hc.pattern, mass[hc.head]).recall)
+                    if factor is not None:
+                        fs.append(HeadFidelity(mass[hc.head], factor[hc.head], scorer.block_mask).fidelity(hc.pattern))
+            cache[(bi, pb)] = (sum(rs) / len(rs), sum(fs) / len(fs) if fs else None)
+        r, f = cache[(bi, pb)]
+        has_values = has_values and f is not None
+        recall += r
+        sparse += r
+        fidelity += f or 0.0
         n_sparse += 1
-    return total / prof.num_steps, sparse / max(n_sparse, 1)
+    n = prof.num_steps
+    return {"recall": recall / n, "recall_sparse": sparse / max(n_sparse, 1),
+            "fidelity": fidelity / n if has_values else None}
 
 
 def compare(source: Config, target: Profile, name: str, work: Path, rules=RULES, objective: str = "auto"
@@ -73,13 +95,14 @@ def compare(source: Config, target: Profile, name: str, work: Path, rules=RULES,
         native_out = work / f"{name}-native-{rule}.yaml"
         res = run_search(target, SearchSettings(budget=density, objective=objective), native_out, workers=1)
         native = res.config
-        whole, sp = config_recall(rt, target)
-        nwhole, nsp = config_recall(native, target)
-        rows.append({"target": name, "rule": rule, "density": density, "recall": whole, "recall_sparse": sp,
-                     "native_density": summarize(native)["density"], "native_recall": nwhole,
-                     "native_recall_sparse": nsp, "delta": whole - nwhole,
+        got, nat = config_scores(rt, target), config_scores(native, target)
+        rows.append({"target": name, "rule": rule, "density": density, "recall": got["recall"],
+                     "recall_sparse": got["recall_sparse"], "fidelity": got["fidelity"],
+                     "native_density": summarize(native)["density"], "native_recall": nat["recall"],
+                     "native_recall_sparse": nat["recall_sparse"], "native_fidelity": nat["fidelity"],
+                     "delta": got["recall"] - nat["recall"],
                      "config": str(work / f"{name}-{rule}.yaml"), "native_config": str(native_out)})
-        print(ROW.format(**rows[-1]), flush=True)
+        print(ROW.format(**rows[-1], fid=_fid(rows[-1])), flush=True)
     return rows
 
 
@@ -153,8 +176,9 @@ def main() -> None:
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print("| target | rule | retargeted density | recall | native density | native recall | difference |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| target | rule | retargeted density | recall | native density | native recall | difference "
+          "| fidelity, retargeted / native |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     if args.mode == "tiny":
         src_cfg = args.work / "source.yaml"

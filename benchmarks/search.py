@@ -3,11 +3,12 @@
 Builds (once; reused from ``--work`` afterwards) a synthetic profile of the Wan-14B 720p geometry (21x45x80
 latent tokens, default tiling (tile 4x8x4), 591 x 591 blocks of 128 per head): every head is a planted pattern
 (local, cross, global, time-decaying or far-frame, with sizes varied per head; `tests/planted.py`) plus noise. Then runs
-``compactsearch search PROFILE --budget 0.3`` with default settings (workers = CPU cores) in a fresh process and
+``compactsearch search PROFILE --budget 0.51`` (the whole run: 15 dense warm-up steps of 50, the sparse steps at 0.3)
+with default settings (workers = CPU cores) in a fresh process and
 prints its wall time; the acceptance target is <= 10 minutes on a 2-core machine::
 
     python benchmarks/search.py                       # profile in /tmp/compactsearch-bench (~3.3 GB)
-    python benchmarks/search.py --work DIR --budget 0.3
+    python benchmarks/search.py --work DIR --budget 0.6
     python benchmarks/search.py --work DIR --values   # + value statistics: the fidelity objective (~3.7 GB)
 
 With ``--values`` every head also gets a rank-32 value factor (the profile's ``value_factor``): block-mean values
@@ -86,7 +87,9 @@ def build(path: Path, values: bool = False) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/compactsearch-bench"))
-    ap.add_argument("--budget", type=float, default=0.3)
+    # The whole run: the recipe's 15 dense warm-up steps of 50 take 0.3 alone, so 0.51 leaves the sparse steps 0.3
+    # (what this benchmark searched before budgets counted the whole run); the search's work does not depend on it.
+    ap.add_argument("--budget", type=float, default=0.51)
     ap.add_argument("--workers", type=int, default=None, help="default: CPU cores")
     ap.add_argument("--values", action="store_true", help="give the profile value factors (fidelity objective)")
     args = ap.parse_args()

@@ -9,7 +9,7 @@ import pytest
 
 from compactsearch.errors import InputError
 from compactsearch.patterns import Pattern
-from compactsearch.search.budget import allocate, hull, plan_run, sparse_ranges
+from compactsearch.search.budget import allocate, hull, plan_run, sparse_ranges, step_weights
 from compactsearch.search.study import FrontPoint, HeadResult
 
 
@@ -100,22 +100,33 @@ def _results(buckets, layers, heads, fronts_of):
 
 
 def _brute_force(buckets, n, min_warmup, results, layers, heads, budget, floor):
-    """The best whole-run value over every warm-up length, each allocated exactly."""
+    """The best whole-run value over every warm-up length, each allocated exactly: costs by steps, values by the
+    steps' weights (an error at step s counts (n - s)^2), dense steps at value 1."""
     best = None
+    sw = [(n - s) ** 2 for s in range(n)]
+    sw = [x / sum(sw) for x in sw]
     for w in range(min_warmup, n):
-        rng = sparse_ranges(buckets, w)
-        sparse = sum(e - a for _, (a, e) in rng)
-        keys = [(b, l, h) for b, _ in rng for l in range(layers) for h in range(heads)]
-        weights = [(dict(rng)[b][1] - dict(rng)[b][0]) / (n * layers * heads) for b, _, _ in keys]
-        dense = (n - sparse) / n
+        rng = dict(sparse_ranges(buckets, w))
+        sparse_steps = {s for a, e in rng.values() for s in range(a, e)}
+        keys = [(b, l, h) for b in rng for l in range(layers) for h in range(heads)]
+        weights = [(rng[b][1] - rng[b][0]) / (n * layers * heads) for b, _, _ in keys]
+        values = [sum(sw[rng[b][0]:rng[b][1]]) / (layers * heads) for b, _, _ in keys]
+        dense = (n - len(sparse_steps)) / n
+        dense_value = sum(x for s, x in enumerate(sw) if s not in sparse_steps)
         cheapest = dense + sum(wt * results[k].front[0].blocks / 100 for k, wt in zip(keys, weights))
         if cheapest > budget + 1e-12:
             continue
-        a = allocate([results[k] for k in keys], weights, weights, budget - dense, floor,
+        a = allocate([results[k] for k in keys], weights, values, budget - dense, floor,
                      cost_of=lambda blk: blk / 100)
-        if best is None or dense + a.recall > best[1] + 1e-12:
-            best = (w, dense + a.recall)
+        if best is None or dense_value + a.recall > best[1] + 1e-12:
+            best = (w, dense_value + a.recall)
     return best
+
+
+def test_step_weights_favour_early_steps():
+    w = step_weights(10)
+    assert sum(w) == pytest.approx(1.0) and all(a > b for a, b in zip(w, w[1:]))
+    assert sum(w[:3]) / 3 >= 3 * sum(w[3:]) / 7  # what the tiny model's warm-up measurements ask for
 
 
 def test_plan_counts_the_whole_run_and_picks_the_best_warmup():

@@ -4,7 +4,8 @@
 Pareto front of points ``j`` (cost ``c_ij``, recall ``r_ij``), cheapest first. Costs are weighted so that the
 sum over heads is the config's density (`compactsearch.config.summarize`: block density over sparse steps,
 each bucket weighted by its steps) or, with a measured cost model, the time relative to dense; recalls are
-weighted by the bucket's steps, so the objective is the step-weighted mean recall -- or the mean output
+weighted by the bucket's steps (in `plan_run`, by the sum of their `step_weights`), so the objective is the
+step-weighted mean recall -- or the mean output
 fidelity when the fronts carry it (`FrontPoint.value`; `compactsearch.search.fidelity`). The floor is on
 recall either way.
 
@@ -25,7 +26,9 @@ over the run's steps, so the allocation's total is the whole-run figure once the
 chosen jointly with the heads' patterns. For a candidate ``W`` the profile buckets are clipped to start at
 ``W``, the dense steps take ``dense / N`` of the budget, and the allocation above spends the rest on the heads;
 a dense step scores value 1 (it is exact), so the plan's value is the whole-run mean of the heads' fidelity (or
-recall) with dense steps at 1. The ``W`` with the highest value wins (ties: the shorter warm-up). ``W`` starts
+recall) with dense steps at 1, each step weighted by `step_weights` (an error made early is carried through the
+rest of the run; the heads' values in the allocation carry the same weights, their costs the plain step counts).
+The ``W`` with the highest value wins (ties: the shorter warm-up). ``W`` starts
 at the recipe's ``dense_warmup`` or the first profiled step, whichever is later (steps the profile did not
 measure can only run dense). Runs over 12 candidate lengths are scanned on a grid of 12, then at every length
 between the best grid point's neighbours. A budget below the cheapest plan (every head at its cheapest point,
@@ -41,7 +44,7 @@ from dataclasses import dataclass, replace
 from compactsearch.errors import InputError
 from compactsearch.search.study import HeadResult
 
-__all__ = ["Allocation", "allocate", "hull", "RunPlan", "plan_run", "sparse_ranges"]
+__all__ = ["Allocation", "allocate", "hull", "RunPlan", "plan_run", "sparse_ranges", "step_weights"]
 
 _EPS = 1e-12
 
@@ -187,6 +190,20 @@ class RunPlan:
     tried: tuple[tuple[int, float, float], ...]
 
 
+def step_weights(num_steps: int) -> list[float]:
+    """How much an output error made at each step of a run counts, normalised to sum to 1: ``(N - s)^2``.
+
+    An error made at step ``s`` is carried through the ``N - s`` steps that follow (each denoises from it), so
+    early, high-noise steps count more. Measured on the bundled tiny model (docs/tiny-model.md): at a whole-run
+    budget of 0.5, three dense steps and the rest at density 0.286 give 27.04 dB PSNR against 24.60 dB for every
+    step at 0.5, which a uniform weight ranked the other way; the errors of the first 3 of 10 steps must count
+    at least ~3x those of the last 7, and the square of the steps ahead is the simplest weight that does.
+    """
+    w = [float((num_steps - s) ** 2) for s in range(num_steps)]
+    total = sum(w)
+    return [x / total for x in w]
+
+
 def sparse_ranges(buckets: list[tuple[int, int]], warmup: int) -> list[tuple[int, tuple[int, int]]]:
     """Profile buckets clipped to start at ``warmup``: ``(index, (a, b))`` for those with a step left."""
     return [(i, (max(a, warmup), b)) for i, (a, b) in enumerate(buckets) if b > max(a, warmup)]
@@ -225,21 +242,26 @@ def plan_run(buckets: list[tuple[int, int]], num_steps: int, min_warmup: int, re
 
     plans: dict[int, RunPlan] = {}
 
+    sw = step_weights(num_steps)
+
     def evaluate(w: int) -> RunPlan:
         if w in plans:
             return plans[w]
         rng = sparse_ranges(buckets, w)
         sparse = sum(e - a for _, (a, e) in rng)
         dense = (num_steps - sparse) / num_steps
+        in_sparse = {s for _, (a, e) in rng for s in range(a, e)}
+        dense_value = sum(x for s, x in enumerate(sw) if s not in in_sparse)
         keys = tuple((b, l, h) for b, _ in rng for l in range(layers) for h in range(heads))
         steps = dict(rng)
         weights = tuple((steps[b][1] - steps[b][0]) / (num_steps * lh) for b, _, _ in keys)
+        values = tuple(sum(sw[steps[b][0]:steps[b][1]]) / lh for b, _, _ in keys)
         fronts = [results[k] for k in keys]
         if keys:
-            alloc = allocate(fronts, list(weights), list(weights), budget - dense, floor, cost_of=cost_of)
+            alloc = allocate(fronts, list(weights), list(values), budget - dense, floor, cost_of=cost_of)
         else:
             alloc = Allocation((), 0.0, 0.0, ())
-        plans[w] = RunPlan(w, tuple(rng), keys, weights, alloc, dense + alloc.cost, dense + alloc.recall, ())
+        plans[w] = RunPlan(w, tuple(rng), keys, weights, alloc, dense + alloc.cost, dense_value + alloc.recall, ())
         return plans[w]
 
     grid = candidates

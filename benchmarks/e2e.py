@@ -185,24 +185,13 @@ def _padded_check(pipe, adapter: str, dense_cfg: Path, inputs: dict) -> dict:
 
 
 def _pattern_changes(a: Path, b: Path) -> dict:
-    """How many (bucket, layer, head) entries differ between two configs of one model."""
-    da, db = yaml.safe_load(a.read_text()), yaml.safe_load(b.read_text())
-
-    def heads(d):
-        out = {}
-        for bi, bucket in enumerate(d["buckets"]):
-            for layer in bucket["layers"]:
-                for h in layer["heads"]:
-                    out[(bi, layer["layer"], h["head"])] = h.get("pattern") or json.dumps(h.get("groups"))
-        return out
-
-    def warmup(d):
-        return next((v for k, v in d.get("schedule", {}).items() if "warmup" in k), None)
-
-    ha, hb = heads(da), heads(db)
-    keys = set(ha) | set(hb)
-    return {"heads": len(keys), "changed": sum(ha.get(k) != hb.get(k) for k in keys),
-            "dense_warmup": [warmup(da), warmup(db)]}
+    """How many (bucket, layer, head) patterns differ between two configs of one model, and their warm-ups."""
+    ca, cb = load_config(a), load_config(b)
+    pa, pb = ({(bi, lc.layer, h.head): h.pattern for bi, bk in enumerate(c.buckets) for lc in bk.layers
+               for h in lc.heads} for c in (ca, cb))
+    keys = set(pa) | set(pb)
+    return {"heads": len(keys), "changed": sum(pa.get(k) != pb.get(k) for k in keys),
+            "dense_warmup": [ca.warmup, cb.warmup]}
 
 
 def _versions() -> dict:

@@ -170,7 +170,7 @@ def retarget(config: Config, grid: tuple[int, int, int] | None = None, num_steps
     if same_grid:
         tile, block_size, buckets = config.tile, config.block_size, config.buckets
     else:
-        tile, block_size = tiling if tiling is not None else default_tiling(geometry)
+        tile, block_size = tiling if tiling is not None else default_tiling(geometry, config.head_dim)
         if tiling is None and block_size > 64 and geometry.video_tokens < 2 * block_size:  # small grids
             tile, block_size = default_tile_shape(geometry, 64), 64
         old, new = config.layout(), TileLayout(geometry, tile, block_size)

@@ -2,8 +2,9 @@
 
 Candidates are compact tiles of one or two kernel blocks (`_candidate_tiles`); each is scored by the mean tiling
 waste (`compactsearch.tiling.TileLayout.tiling_waste`) of a reference panel of patterns on it: a local window of
-about 30% density, a cross of thin bands and a time-decaying local window (`reference_panel`). 128-token blocks
-(the fastest kernel) are kept unless their best tile wastes more than `WASTE_TARGET`.
+about 30% density, a cross of thin bands and a time-decaying local window (`reference_panel`). The block size
+weighs that waste against the kernel's measured speed where it is measured (`PAIR_TIME_64`): 64-token blocks are
+taken only where their computed pairs times their time per pair come out below 128-token blocks'.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from compactsearch.patterns import FrameGroup, Pattern, Window
 from compactsearch.tiling import TileLayout
 
 __all__ = ["default_tile_shape", "default_tiling", "panel_waste", "reference_panel", "reference_local_pattern",
-           "WASTE_TARGET"]
+           "PAIR_TIME_64", "WASTE_TARGET"]
 
 
 def reference_local_pattern(layout: TileLayout, density: float = 0.3) -> Pattern:
@@ -68,7 +69,14 @@ def _candidate_tiles(geometry: VideoGeometry, block_size: int) -> list[tuple[int
     return out
 
 
-#: Largest mean tiling waste over the reference panel at which `default_tiling` keeps 128-token blocks.
+#: Kernel time per computed token pair at 64-token blocks over 128-token blocks, by head dim: one H200,
+#: `benchmarks/attention_call.py --block-sizes` (density 0.3, 2026-12-01): 1.51 (Wan 1.3B) and 1.50 (Mochi) at
+#: head dim 128. At head dim 64 the measured ratios straddle 1 (1.17 CogVideoX-5B at 17,776 tokens, 0.82
+#: LTX-Video at 7,392), so there the waste rule (`WASTE_TARGET`) decides.
+PAIR_TIME_64 = {128: 1.50}
+
+#: Head dims without a `PAIR_TIME_64` entry: largest mean tiling waste over the reference panel at which
+#: `default_tiling` keeps 128-token blocks (then 64-token blocks if they waste less).
 WASTE_TARGET = 0.06
 
 
@@ -107,14 +115,20 @@ def default_tile_shape(geometry: VideoGeometry, block_size: int = 128) -> tuple[
     return _best_tile(geometry, block_size)[0]
 
 
-def default_tiling(geometry: VideoGeometry) -> tuple[tuple[int, int, int], int]:
-    """``(tile, block_size)`` for a geometry: 128-token blocks (fastest kernel) unless their best tile wastes
-    more than `WASTE_TARGET` on the reference panel, then 64-token blocks if those waste less."""
+def default_tiling(geometry: VideoGeometry, head_dim: int | None = None) -> tuple[tuple[int, int, int], int]:
+    """``(tile, block_size)`` for a geometry. Where the kernel's time per pair at 64-token blocks is measured
+    for the head dim (`PAIR_TIME_64`; ``head_dim`` None counts as 128, as in Wan, HunyuanVideo and Mochi), the
+    block size with the lower expected kernel time on the reference panel, ``(1 + waste) * time per pair``;
+    otherwise 128-token blocks unless they waste more than `WASTE_TARGET`, then 64-token blocks if those waste
+    less. Grids of fewer than two 128-token blocks take the block size that wastes less."""
     tile, waste = _best_tile(geometry, 128)
-    if waste <= WASTE_TARGET:
-        return tile, 128
     tile64, waste64 = _best_tile(geometry, 64)
-    return (tile64, 64) if waste64 < waste else (tile, 128)
+    ratio = PAIR_TIME_64.get(head_dim or 128)
+    if geometry.video_tokens < 2 * 128 or (ratio is None and waste > WASTE_TARGET):
+        return (tile64, 64) if waste64 < waste else (tile, 128)
+    if ratio is None:
+        return tile, 128
+    return (tile64, 64) if (1.0 + waste64) * ratio < 1.0 + waste else (tile, 128)
 
 
 def _covering_tile(geometry: VideoGeometry, block_size: int) -> tuple[int, int, int]:

@@ -140,3 +140,4 @@ def test_retarget_to_a_profile_of_another_model_is_refused(tmp_path, capsys):
     target = tmp_path / "bad.yaml"
     code, _, err = run(["retarget", str(src), "--profile", str(tmp_path / "p"), "--out", str(target)], capsys)
     assert code == 2 and "another model" in err and len(err.strip().splitlines()) == 1 and not target.exists()
+

@@ -211,9 +211,9 @@ class BlockMassCapture:
         self._experts: dict = {}
         self._keep_samples = False
 
-    def _set_layout(self, geometry: VideoGeometry) -> None:
+    def _set_layout(self, geometry: VideoGeometry, head_dim: int | None = None) -> None:
         if self.tile is None and self.block_size is None:
-            tile, self.block_size = default_tiling(geometry)
+            tile, self.block_size = default_tiling(geometry, head_dim)
         else:
             self.block_size = self.block_size or 128
             tile = self.tile or default_tile_shape(geometry, self.block_size)
@@ -225,7 +225,7 @@ class BlockMassCapture:
         self._keep_samples = keep_samples
 
     # ------------------------------------------------------------------------------------------- selection
-    def _items(self, call: AttentionCall) -> tuple[int | None, list[int]]:
+    def _items(self, call: AttentionCall, head_dim: int) -> tuple[int | None, list[int]]:
         """``(bucket, captured batch items)`` of a call; ``(None, [])`` when nothing of it is recorded. Sets up
         the layout on the first captured call and checks later ones against it."""
         bucket = self.bucket_of_step.get(call.step)
@@ -235,7 +235,7 @@ class BlockMassCapture:
         if not items:
             return None, []
         if self.layout is None:
-            self._set_layout(call.geometry)
+            self._set_layout(call.geometry, head_dim)
         elif call.geometry != self.layout.geometry:
             raise InputError(f"layer {call.layer} runs on {call.geometry.describe()}, but this profile is for "
                              f"{self.layout.geometry.describe()}: every prompt must give the same sequence "
@@ -281,7 +281,7 @@ class BlockMassCapture:
     # ---------------------------------------------------------------------------------------- two passes
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Record a call whose attention output was computed elsewhere (block mass in its own passes)."""
-        bucket, items = self._items(call)
+        bucket, items = self._items(call, q.shape[-1])
         if bucket is None:
             return
         self.num_heads, self.head_dim = q.shape[1], q.shape[3]
@@ -311,7 +311,7 @@ class BlockMassCapture:
         off per batch item as `compactsearch.runtime` does: the forward runs on the valid prefix and the
         padded queries attend densely to the valid keys.
         """
-        bucket, items = self._items(call)
+        bucket, items = self._items(call, q.shape[-1])
         if bucket is None or not self.one_pass_for(q):
             with self._section("attention", q.device):
                 out = dense()

@@ -273,12 +273,12 @@ class SparseRuntime:
         return _reference.block_sparse_attention(q, k, v, mask)
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bucket: int, layer: int,
-                text_tokens: int | None) -> torch.Tensor:
+                text_tokens: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
         layout = self.layout(text_tokens)
         perm = self._perm(layout, q.device)
         mask = self.mask(bucket, layer, q.device, text_tokens)
         qt, kt, vt = permute.to_tile_order(q, k, v, perm, backend=self._permute_backend)
-        return permute.to_model_order(self._kernel(qt, kt, vt, mask), perm, backend=self._permute_backend)
+        return permute.to_model_order(self._kernel(qt, kt, vt, mask), perm, backend=self._permute_backend, out=out)
 
     # --------------------------------------------------------------------------------------- the seam
     def attend(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -296,15 +296,16 @@ class SparseRuntime:
             return self._sparse(q, k, v, self.bucket, call.layer, None)
         if g.text_position != "back":
             raise InputError(f"masked text keys are supported when text sits at the back, not {g.text_position!r}")
-        out = torch.empty_like(q)
+        B, H, _, D = q.shape
+        out = q.new_empty(B, N, H, D).transpose(1, 2)  # [B, N, H, D] memory: the processor's reshape is a view
         for b, n in enumerate(call.key_valid):
             n = min(int(n), N)
             valid_text = n - g.video_tokens
             if valid_text < 0:
                 raise InputError(f"a batch item has {n} valid keys, fewer than the {g.video_tokens} video tokens")
             sl = slice(b, b + 1)
-            out[sl, :, :n] = self._sparse(q[sl, :, :n], k[sl, :, :n], v[sl, :, :n], self.bucket, call.layer,
-                                          valid_text)
+            self._sparse(q[sl, :, :n], k[sl, :, :n], v[sl, :, :n], self.bucket, call.layer, valid_text,
+                         out=out[sl, :, :n])
             if n < N:  # padded text queries attend densely to the valid keys, as the original model computes them
                 out[sl, :, n:] = torch.nn.functional.scaled_dot_product_attention(
                     q[sl, :, n:], k[sl, :, :n], v[sl, :, :n])

@@ -18,12 +18,45 @@ from compactsearch.adapters.base import Adapter, SelfAttentionProcessor, project
 __all__ = ["MochiSelfAttnProcessor", "ADAPTER"]
 
 
-def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mochi's RoPE on ``[B, S, H, D]``; with ``out`` (same shape, any strides) written there instead."""
     x_even = x[..., 0::2].float()
     x_odd = x[..., 1::2].float()
     cos = (x_even * freqs_cos - x_odd * freqs_sin).to(x.dtype)
     sin = (x_even * freqs_sin + x_odd * freqs_cos).to(x.dtype)
+    if out is not None:
+        torch.stack([cos, sin], dim=-1, out=out.unflatten(-1, (-1, 2)))
+        return out
     return torch.stack([cos, sin], dim=-1).flatten(-2)
+
+
+def _joint(video: torch.Tensor, text: torch.Tensor, rotary=None) -> torch.Tensor:
+    """``[video, text]`` along tokens as one ``[B, S + T, H, D]`` tensor, RoPE applied to the video part as it is
+    written (one pass over the video tokens, where RoPE and then a concatenation take two)."""
+    B, S, H, D = video.shape
+    joint = video.new_empty(B, S + text.shape[1], H, D)
+    if rotary is None:
+        joint[:, :S] = video
+    else:
+        _apply_rotary(video, *rotary, out=joint[:, :S])
+    joint[:, S:] = text
+    return joint
+
+
+def _dense(attention_mask: torch.Tensor, query, key, value, eq, ek, ev) -> torch.Tensor:
+    """The original attention (diffusers' ``MochiAttnProcessor2_0``): per batch item SDPA over ``[video, valid
+    text]``, padded back to ``[B, H, S + T, D]``. Inputs ``[B, H, S or T, D]``, post-RoPE."""
+    total_length = query.size(2) + eq.size(2)
+    outs = []
+    for idx in range(query.shape[0]):
+        valid = torch.nonzero(attention_mask[idx][None, :].flatten(), as_tuple=False).flatten()
+        vq = torch.cat([query[idx : idx + 1], eq[idx : idx + 1, :, valid, :]], dim=2)
+        vk = torch.cat([key[idx : idx + 1], ek[idx : idx + 1, :, valid, :]], dim=2)
+        vv = torch.cat([value[idx : idx + 1], ev[idx : idx + 1, :, valid, :]], dim=2)
+        o = F.scaled_dot_product_attention(vq, vk, vv, dropout_p=0.0, is_causal=False)
+        outs.append(F.pad(o, (0, 0, 0, total_length - o.size(2))))
+    return torch.cat(outs, dim=0)
 
 
 class MochiSelfAttnProcessor(SelfAttentionProcessor):
@@ -33,36 +66,23 @@ class MochiSelfAttnProcessor(SelfAttentionProcessor):
                  attention_mask: torch.Tensor, image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
         query, key, value = project_heads(attn, hidden_states)  # [B, S, H, D]
         eq, ek, ev = project_heads(attn, encoder_hidden_states, added=True)
-        if image_rotary_emb is not None:
-            query = _apply_rotary(query, *image_rotary_emb)
-            key = _apply_rotary(key, *image_rotary_emb)
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, H, S, D]
-        eq, ek, ev = eq.transpose(1, 2), ek.transpose(1, 2), ev.transpose(1, 2)
-        sequence_length, encoder_sequence_length = query.size(2), eq.size(2)
-        total_length = sequence_length + encoder_sequence_length
-
-        def dense() -> torch.Tensor:
-            outs = []
-            for idx in range(query.shape[0]):
-                valid = torch.nonzero(attention_mask[idx][None, :].flatten(), as_tuple=False).flatten()
-                vq = torch.cat([query[idx : idx + 1], eq[idx : idx + 1, :, valid, :]], dim=2)
-                vk = torch.cat([key[idx : idx + 1], ek[idx : idx + 1, :, valid, :]], dim=2)
-                vv = torch.cat([value[idx : idx + 1], ev[idx : idx + 1, :, valid, :]], dim=2)
-                o = F.scaled_dot_product_attention(vq, vk, vv, dropout_p=0.0, is_causal=False)
-                outs.append(F.pad(o, (0, 0, 0, total_length - o.size(2))))
-            return torch.cat(outs, dim=0)
-
-        if self.ctx.mode == "dense":  # through the mode switch (timers see the call), without the joint tensors
-            out = self._attend(query, key, value, dense, lambda o: o)
-        else:
-            key_valid = self._key_valid(attention_mask, query.shape[0], offset=sequence_length)
-            out = self._attend(torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2), dense,
-                               lambda o: o, text_tokens=encoder_sequence_length, text_position="back",
-                               key_valid=key_valid)
+        S, T = query.size(1), eq.size(1)
+        if self.ctx.mode == "dense":  # the original computation, through the mode switch (timers see the call)
+            if image_rotary_emb is not None:
+                query = _apply_rotary(query, *image_rotary_emb)
+                key = _apply_rotary(key, *image_rotary_emb)
+            parts = [x.transpose(1, 2) for x in (query, key, value, eq, ek, ev)]  # [B, H, S or T, D]
+            out = self._attend(*parts[:3], lambda: _dense(attention_mask, *parts), lambda o: o)
+        else:  # the joint sequence, built once (RoPE written straight into it)
+            jq, jk, jv = (_joint(x, e, r) for x, e, r in ((query, eq, image_rotary_emb), (key, ek, image_rotary_emb),
+                                                        (value, ev, None)))
+            jq, jk, jv = jq.transpose(1, 2), jk.transpose(1, 2), jv.transpose(1, 2)  # [B, H, S + T, D]
+            parts = (jq[:, :, :S], jk[:, :, :S], jv[:, :, :S], jq[:, :, S:], jk[:, :, S:], jv[:, :, S:])
+            key_valid = self._key_valid(attention_mask, jq.shape[0], offset=S)
+            out = self._attend(jq, jk, jv, lambda: _dense(attention_mask, *parts), lambda o: o, text_tokens=T,
+                               text_position="back", key_valid=key_valid)
         hidden_states = out.transpose(1, 2).flatten(2, 3)
-        hidden_states, encoder_hidden_states = hidden_states.split_with_sizes(
-            (sequence_length, encoder_sequence_length), dim=1
-        )
+        hidden_states, encoder_hidden_states = hidden_states.split_with_sizes((S, T), dim=1)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if hasattr(attn, "to_add_out"):

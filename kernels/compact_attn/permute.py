@@ -55,17 +55,23 @@ def to_tile_order(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perm: torch
     return outs
 
 
-def to_model_order(o: torch.Tensor, perm: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """``y`` with ``y[:, :, perm] = o``: a ``[B, H, N, D]`` view of new contiguous ``[B, N, H, D]`` memory.
+def to_model_order(o: torch.Tensor, perm: torch.Tensor, backend: str = "auto",
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y`` with ``y[:, :, perm] = o``: a ``[B, H, N, D]`` view of new contiguous ``[B, N, H, D]`` memory, or
+    ``out`` when given.
 
     Args:
         o: ``[B, H, N, D]`` in tile order, contiguous last dim.
         perm: as in `to_tile_order`.
         backend: as in `to_tile_order`.
+        out: optional ``[B, H, N, D]`` target (any strides); e.g. a slice of a caller's ``[B, N, H, D]`` buffer,
+            so the result needs no further copy.
     """
     B, H, N, D = o.shape
-    y = torch.empty((B, N, H, D), dtype=o.dtype, device=o.device).transpose(1, 2)
-    if not _use_triton(o, backend) or o.stride(-1) != 1:
+    if out is not None and tuple(out.shape) != (B, H, N, D):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(B, H, N, D)}")
+    y = out if out is not None else torch.empty((B, N, H, D), dtype=o.dtype, device=o.device).transpose(1, 2)
+    if not _use_triton(o, backend) or o.stride(-1) != 1 or y.stride(-1) != 1:
         return y.index_copy_(2, perm, o)
     import triton
 

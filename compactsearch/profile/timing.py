@@ -5,7 +5,7 @@ the end, so timing does not slow the loop down) and CPU work with ``time.perf_co
 records host-measured seconds (loading, writes, whole prompts). `breakdown` turns the sums into the rows of
 the table: load, then inside the prompts attention (every self-attention call), block mass, value statistics
 (the value blocks' Gram matrices), tile order (permutations), samples and the rest of the model, then the
-value factors (an eigendecomposition per head, per prompt), writes (prompt files, the merged profile) and
+value factors (each head's top Gram eigenvectors, per prompt), writes (prompt files, the merged profile) and
 anything else; and the start-up estimate (the first prompt's extra time over the later ones: Triton compiling, cuDNN
 planning, allocator warm-up).
 """

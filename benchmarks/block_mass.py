@@ -49,6 +49,10 @@ SWEEP = [
     MassConfig(128, 64, 4, 3, 4, 3),
     MassConfig(128, 128, 8, 4, 8, 4),
     MassConfig(128, 128, 8, 3, 4, 3),
+    MassConfig(128, 128, 8, 2, 8, 2, 4),
+    MassConfig(128, 128, 8, 2, 8, 2, 8),
+    MassConfig(128, 128, 8, 2, 8, 2, 16),
+    MassConfig(128, 128, 8, 2, 4, 2, 8),
 ]
 
 
@@ -121,6 +125,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-configs", type=int, nargs="*", default=None,
+                    help="indices into the sweep list (default: all)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     import triton
@@ -133,7 +139,8 @@ def main() -> None:
     rows: list[dict] = []
     try:
         if args.sweep:
-            run("wan14b-720p", SWEEP, args.reps, rows)
+            cfgs = SWEEP if args.sweep_configs is None else [SWEEP[i] for i in args.sweep_configs]
+            run("wan14b-720p", cfgs, args.reps, rows)
         else:
             for name in args.shapes:
                 run(name, [None], args.reps, rows)

@@ -94,3 +94,16 @@ def test_block_mass_input_errors():
         block_mass(q, k, 256, 64, backend="triton")
     with pytest.raises(ValueError, match="out must be a contiguous float32"):
         block_mass_triton(q, k, 64, 64, out=torch.zeros(1, 2, 1, 2))
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_grouped_block_sums_equal_per_block_sums(group):
+    """Pass 2 with the row reduction deferred over ``group`` key blocks (`MassConfig.sums_group`) writes every
+    entry and equals the per-block reduction: 7 key blocks of 32 (a full group or three, leftovers and a ragged
+    tail, 215 tokens)."""
+    q, k = _rand(1, 2, 215, 64, dtype=torch.float16), _rand(1, 2, 215, 64, dtype=torch.float16)
+    one = block_mass_triton(q, k, 32, 32, config=MassConfig(32, 16, 4, 1, 4, 1))
+    out = torch.full_like(one, float("nan"))
+    grouped = block_mass_triton(q, k, 32, 32, out=out, config=MassConfig(32, 16, 4, 1, 4, 1, group))
+    assert not torch.isnan(grouped).any()
+    torch.testing.assert_close(grouped, one, rtol=1e-5, atol=1e-5)

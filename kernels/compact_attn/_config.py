@@ -108,10 +108,12 @@ class MassConfig:
     num_stages: int = 3
     sums_warps: int = 8
     sums_stages: int = 3
+    sums_group: int = 1  # key blocks per cross-warp reduction in pass 2 (`mass_kernel._block_sums`)
 
     def describe(self) -> str:
+        group = f"g{self.sums_group}" if self.sums_group > 1 else ""
         return (f"lse m{self.lse_block_m}n{self.lse_block_n}w{self.num_warps}s{self.num_stages} "
-                f"sums w{self.sums_warps}s{self.sums_stages}")
+                f"sums w{self.sums_warps}s{self.sums_stages}{group}")
 
 
 def autotune_enabled() -> bool:
@@ -203,6 +205,8 @@ def mass_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> Mass
         return MassConfig(lse_block_m=64, lse_block_n=64, num_warps=4, num_stages=1, sums_warps=4, sums_stages=1)
     if dtype == torch.float32:
         return MassConfig(lse_block_m=64, lse_block_n=32, num_warps=4, num_stages=2, sums_warps=4, sums_stages=2)
-    if major >= 9:  # H200 sweep (KERNEL_NOTES.md): 2 stages beat 3 by 22% (237.6 vs 303.8 ms, Wan 14B 720p)
-        return MassConfig(lse_block_m=128, lse_block_n=128, num_warps=8, num_stages=2, sums_warps=8, sums_stages=2)
+    if major >= 9:  # H200 sweep (KERNEL_NOTES.md): 2 stages beat 3 by 22% (237.6 vs 303.8 ms, Wan 14B 720p);
+        # the row reduction once per 4 key blocks: pass 2 alone (given the lse) 124.9 -> 109.6 ms (2026-12-02)
+        return MassConfig(lse_block_m=128, lse_block_n=128, num_warps=8, num_stages=2, sums_warps=8, sums_stages=2,
+                          sums_group=4)
     return MassConfig(lse_block_m=128, lse_block_n=64, num_warps=8, num_stages=3, sums_warps=8, sums_stages=3)

@@ -90,8 +90,13 @@ def _block_sums(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     H, N, NQB, NKB, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
-    """Pass 2: ``OUT[b, h, i, j] = sum of 2^(q k^T * scale * log2e - lse2)`` over block (i, j)."""
+    """Pass 2: ``OUT[b, h, i, j] = sum of 2^(q k^T * scale * log2e - lse2)`` over block (i, j).
+
+    With ``GROUP > 1`` a key block's tile is reduced only over its columns (within a warp) and kept as one
+    column of a ``[BLOCK_Q, GROUP]`` accumulator; the reduction over rows (across warps, through shared memory)
+    runs once per ``GROUP`` key blocks instead of once per block."""
     i = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -105,7 +110,19 @@ def _block_sums(
     k_ptr = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     out_ptr = OUT + (bh.to(tl.int64) * NQB + i) * NKB
     n_full = N // BLOCK_K
-    for j in range(0, n_full):
+    n_grouped = 0
+    if GROUP > 1:
+        cols = tl.arange(0, GROUP)
+        n_grouped = (n_full // GROUP) * GROUP
+        acc = tl.zeros([BLOCK_Q, GROUP], dtype=tl.float32)
+        for j in range(0, n_grouped):  # every column of acc is overwritten once per group, so no reset
+            qk = _qk_tile(q, k_ptr, j * BLOCK_K, N, stride_kn, BLOCK_K, HEAD_DIM, False, DOT_PREC, UPCAST)
+            rs = tl.sum(tl.math.exp2(qk * qk_scale - lse2[:, None]), 1)
+            jj = j % GROUP
+            acc = tl.where(cols[None, :] == jj, rs[:, None], acc)
+            if jj == GROUP - 1:
+                tl.store(out_ptr + j - (GROUP - 1) + cols, tl.sum(acc, 0))
+    for j in range(n_grouped, n_full):
         qk = _qk_tile(q, k_ptr, j * BLOCK_K, N, stride_kn, BLOCK_K, HEAD_DIM, False, DOT_PREC, UPCAST)
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         tl.store(out_ptr + j, tl.sum(tl.sum(p, 1), 0))
@@ -169,6 +186,6 @@ def block_mass_triton(
     warps = c.sums_warps if block_q * block_k >= 128 * 64 else min(c.sums_warps, 4)
     _block_sums[(nqb, B * H)](
         q, k, lse2, out, *strides, H, N, nqb, nkb, qk_scale, HEAD_DIM=D, BLOCK_Q=block_q, BLOCK_K=block_k,
-        DOT_PREC=prec, UPCAST=upcast, num_warps=warps, num_stages=c.sums_stages,
+        DOT_PREC=prec, UPCAST=upcast, GROUP=c.sums_group, num_warps=warps, num_stages=c.sums_stages,
     )
     return out

@@ -130,16 +130,10 @@ def test_search_objective_fidelity(tmp_path):
     assert s["density"] <= 0.4 + 0.005
     for r in res.results.values():
         assert all(p.fidelity is not None for p in r.front)
-        # a (fidelity, cost) front plus its cheapest floor-meeting point, which may dip below a cheaper point
-        floor_point = r.cheapest_feasible(0.9)
-        values = [p.value for p in r.front if p is not floor_point]
-        assert values == sorted(values) and r.front[-1].pattern.is_dense
-        assert all(p.value > floor_point.value for p in r.front if p.blocks > floor_point.blocks)
-        assert all(p.recall < 0.9 for p in r.front if p.blocks < floor_point.blocks)
+        values = [p.value for p in r.front]
+        assert values == sorted(values) and r.front[-1].pattern.is_dense  # a (fidelity, cost) front
         for base_point in (r.greedy, r.cube):  # the baselines are candidates: the front dominates them
             assert any(p.value >= base_point.value and p.blocks <= base_point.blocks for p in r.front)
-            if base_point.recall >= 0.9:  # ... and at the recall floor, none is cheaper than the search
-                assert floor_point.blocks <= base_point.blocks
     rec = run_search(prof, SearchSettings(budget=0.4, trials=8, objective="recall"), tmp_path / "r.yaml")
     assert rec.summary["objective"] == "recall" and "fidelity_mean" not in rec.summary
     # the fidelity search's mean fidelity is at least the recall search's, scored the same way

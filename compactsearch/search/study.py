@@ -9,10 +9,7 @@ For one (bucket, layer, head):
    floor (``enqueue_trial``), run for ``trials`` trials in total (seeds included);
 3. the (recall, blocks) Pareto front of every candidate on the fast evaluator, thinned to ``max_front`` points
    (always keeping dense, the cheapest pattern, the baselines and the points around the floor), re-scored
-   exactly; the exact Pareto front is the head's result. With value statistics it is the (fidelity, blocks)
-   front plus the cheapest floor-meeting pattern scored (never costlier than the greedy baseline), which that
-   front drops where a cheaper pattern below the floor has the higher fidelity; the fidelity then dips once,
-   at that point, and ascends from it on.
+   exactly; the exact Pareto front is the head's result.
 
 **Sinks.** The head's sink candidates (`compactsearch.search.sinks`) are ranked once; the number kept, ``k``,
 is one more search parameter. Steps 1 and 2 run for every ``k``: the cube front and the sweep on the tables
@@ -331,12 +328,8 @@ def search_head(
     exact: dict[Pattern, ExactScore] = {p: scorer.score(p, mass, row_total) for p in chosen}
     if fidelity is None:
         exact_front = pareto(exact, lambda p: exact[p].recall, lambda p: exact[p].blocks)
-    else:  # the (fidelity, cost) front and the cheapest floor-meeting point (the allocation starts there)
+    else:
         exact_front = pareto(exact, lambda p: fid[p], lambda p: exact[p].blocks)
-        floor_point = min((p for p in chosen if exact[p].recall >= floor), key=lambda p: (exact[p].blocks, -fid[p]))
-        if floor_point not in exact_front:  # a cheaper pattern below the floor has the higher fidelity
-            exact_front.append(floor_point)
-            exact_front.sort(key=lambda p: exact[p].blocks)  # stable: equal costs keep the higher fidelity first
     hold_total = None if holdout_mass is None else holdout_mass.sum(-1, dtype=torch.float64)
     oracle = Oracle(mass)
 

@@ -241,14 +241,24 @@ def _kron_into(out: torch.Tensor, temporal: torch.Tensor, spatial: torch.Tensor,
     """Write the tile mask of region ``a``'s tiles (rows) x region ``b``'s tiles (columns), both in raster order
     inside their region, into ``out`` (uint8 ``[P, |a|, |b|]``, any strides): per pattern the OR over groups of
     temporal x spatial factor, a Kronecker product. ``a`` and ``b`` are ``(t, h, w)`` slices of the tile grid;
-    ``spatial`` is ``[P, G, nh, nw, nh, nw]``."""
+    ``spatial`` is ``[P, G, nh, nw, nh, nw]``.
+
+    The groups cover disjoint temporal distances, so each (query frame tile, key frame tile) pair takes the
+    spatial factor of at most one group: the product is a gather of whole spatial blocks (a zero block where no
+    group applies), row by row in the order of ``out``'s rows, then one copy, instead of a broadcast product per
+    group."""
     (ta, ha, wa), (tb, hb, wb) = a, b
     tg = temporal[:, :, ta, tb]  # [P, G, At, Bt]
     sg = spatial[:, :, ha, wa, hb, wb]  # [P, G, Ah, Aw, Bh, Bw]
-    o = out.view(out.shape[0], tg.shape[2], sg.shape[2], sg.shape[3], tg.shape[3], sg.shape[4], sg.shape[5])
-    torch.mul(tg[:, 0, :, None, None, :, None, None], sg[:, 0, None, :, :, None, :, :], out=o)
-    for g in range(1, tg.shape[1]):  # disjoint groups: + is OR
-        o.addcmul_(tg[:, g, :, None, None, :, None, None], sg[:, g, None, :, :, None, :, :])
+    P, G, At, Bt = tg.shape
+    As, Bs = sg.shape[2] * sg.shape[3], sg.shape[4] * sg.shape[5]
+    cand = torch.zeros(P, G + 1, As, Bs, dtype=torch.uint8)  # block 0: no group
+    cand[:, 1:] = sg.reshape(P, G, As, Bs)
+    which = (tg * torch.arange(1, G + 1, dtype=torch.uint8)[:, None, None]).sum(1, dtype=torch.int64)
+    which += torch.arange(0, P * (G + 1), G + 1)[:, None, None]  # [P, At, Bt]: the block of `cand` to take
+    # rows of `cand` ([Bs] each) in the order of `out`'s rows: [P, At, As, Bt]
+    rows = (which * As)[:, :, None, :] + torch.arange(As)[None, None, :, None]
+    out.copy_(cand.view(-1, Bs).index_select(0, rows.view(-1)).view(P, At * As, Bt * Bs))
 
 
 def _range_or_rows(x: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

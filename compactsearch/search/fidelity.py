@@ -66,11 +66,12 @@ class HeadFidelity:
             return 0.0
         return self.mask_error(self.block_mask(pattern))
 
-    def mask_error(self, mask: torch.Tensor) -> float:
-        """Relative squared output error of any kept block set ``mask`` ``[NQB, NKB]`` bool (e.g. the oracle's)."""
+    def mask_error(self, mask: torch.Tensor, rows_only: bool = False) -> float:
+        """Relative squared output error of any kept block set ``mask`` ``[NQB, NKB]`` bool (e.g. the oracle's);
+        ``rows_only``: ``mask`` holds only the query blocks `rows` (all of them when that is None)."""
         if not self.den > 0:
             return 0.0
-        if self.rows is not None:
+        if self.rows is not None and not rows_only:
             mask = mask[self.rows]
         ps = torch.where(mask, self.p, 0.0)
         kept = ps.sum(-1, keepdim=True)

@@ -38,6 +38,7 @@ import copy
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ import torch
 
 from compactsearch._io import read_yaml
 from compactsearch.errors import InputError
-from compactsearch.masks import pattern_block_mask
+from compactsearch.masks import layer_block_masks, pattern_block_mask
 from compactsearch.patterns import Pattern
 from compactsearch.tiling import TileLayout
 
@@ -124,6 +125,7 @@ class LayoutTables:
         self._up_ok = (tq[:, None] + d[None, :]) <= nt - 1
         self._dn = (tq[:, None] - d[None, :]).clamp(min=0)
         self._dn_ok = ((tq[:, None] - d[None, :]) >= 0) & (d[None, :] > 0)
+        self._corners: list[torch.Tensor] | None = None
         ones = torch.ones(self.nvq, self.nvq, dtype=torch.float64)
         self.const_blocks = self.nb * self.nb - self.nvq * self.nvq
         self.cost_tiles = self.tile_matrix(ones)  # [n_tiles, n_tiles] fast block share per tile pair
@@ -161,10 +163,15 @@ class LayoutTables:
         nq = self.n_tiles
         p = torch.zeros(nq, nh + 1, nw + 1, nt, dtype=torch.float64)
         p[:, 1:, 1:, :] = mt.view(nq, nt, nh, nw).permute(0, 2, 3, 1).cumsum(1).cumsum(2)
-        q = self._q[None, None, :]
-        r0, c0 = self._sh[:, None, :], self._sw[None, :, :]
-        r1, c1 = r0 + self._sizes_h[:, None, :], c0 + self._sizes_w[None, :, :]
-        win = p[q, r1, c1] - p[q, r0, c1] - p[q, r1, c0] + p[q, r0, c0]  # [nh, nw, nq, nt] by key frame
+        if self._corners is None:  # rows of p (flattened over its first three axes) at the windows' corners
+            q = self._q[None, None, :]
+            r0, c0 = self._sh[:, None, :], self._sw[None, :, :]
+            r1, c1 = r0 + self._sizes_h[:, None, :], c0 + self._sizes_w[None, :, :]
+            corners = ((r1, c1), (r0, c1), (r1, c0), (r0, c0))
+            self._corners = [((q * (nh + 1) + r) * (nw + 1) + c).flatten() for r, c in corners]
+        rows = p.view(-1, nt)
+        a, b, c, d = (rows.index_select(0, i).view(nh, nw, nq, nt) for i in self._corners)
+        win = a - b - c + d  # [nh, nw, nq, nt] by key frame
         by_d = torch.gather(win, 3, self._up.expand(nh, nw, nq, nt)) * self._up_ok
         by_d = by_d + torch.gather(win, 3, self._dn.expand(nh, nw, nq, nt)) * self._dn_ok
         return by_d.cumsum(3)
@@ -359,6 +366,24 @@ class ExactScorer:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return m
+
+    def prefetch(self, patterns: Sequence[Pattern]) -> None:
+        """Cache the masks of ``patterns``, those missing built in batches (`layer_block_masks`: the same masks)."""
+        missing = []
+        for p in dict.fromkeys(patterns):
+            if p in self._cache:
+                self._cache.move_to_end(p)  # wanted now: not evicted by the new ones
+            elif not p.is_dense:
+                missing.append(p)
+        for i in range(0, len(missing), 64):
+            chunk = missing[i : i + 64]
+            masks = layer_block_masks(chunk, self.layout)
+            for p, m in zip(chunk, masks, strict=True):
+                m = m.clone()  # its own storage: a cached mask must not keep its whole batch alive
+                self._cache[p] = m
+                self._blocks[p] = int(m.sum())
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def blocks(self, pattern: Pattern) -> int:
         """Kernel blocks computed (head-independent; cached)."""

@@ -190,13 +190,14 @@ class Oracle:
             return 0.0
         return min(1.0, float(self.cum[min(blocks, self.cum.size) - 1]) / self.total)
 
-    def mask(self, blocks: int) -> torch.Tensor:
+    def mask(self, blocks: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[NQB, NKB]`` bool: the top ``blocks`` blocks (blocks tied with the last one are kept too; they change
-        no recall or fidelity when they are the zero-mass blocks, the only ties that occur in practice)."""
+        no recall or fidelity when they are the zero-mass blocks, the only ties that occur in practice); only the
+        query blocks ``rows`` when given."""
+        m = self.mass.float() if rows is None else self.mass[rows].float()
         if blocks <= 0:
-            return torch.zeros(self.mass.shape, dtype=torch.bool)
-        thr = float(self.values[min(blocks, self.values.size) - 1])
-        return self.mass.float() >= thr
+            return torch.zeros(m.shape, dtype=torch.bool)
+        return m >= float(self.values[min(blocks, self.values.size) - 1])
 
 
 def _sampler(settings: HeadSettings, seed: int) -> optuna.samplers.BaseSampler:
@@ -321,6 +322,8 @@ def search_head(
         for p in [*cubes, *temporal]:
             if p not in chosen:
                 chosen.append(p)
+    scorer.prefetch(chosen)  # their exact masks in batches
+    if fidelity is not None:
         fid = {p: fidelity.fidelity(p) for p in chosen}
     exact: dict[Pattern, ExactScore] = {p: scorer.score(p, mass, row_total) for p in chosen}
     if fidelity is None:
@@ -333,7 +336,7 @@ def search_head(
     def point(p: Pattern) -> FrontPoint:
         e = exact[p]
         hr = None if holdout_mass is None else scorer.score(p, holdout_mass, hold_total).recall
-        of = None if fidelity is None else fidelity.mask_error(oracle.mask(e.blocks))
+        of = None if fidelity is None else fidelity.mask_error(oracle.mask(e.blocks, fidelity.rows), True)
         return FrontPoint(p, e.recall, e.recall_min, e.blocks, hr, fid.get(p), oracle.recall(e.blocks),
                           None if of is None else 1.0 - of)
 

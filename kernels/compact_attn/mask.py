@@ -103,31 +103,35 @@ class BlockSparseMask:
         if dense.dim() != 3 or dense.dtype != torch.bool:
             raise ValueError(f"dense must be a bool [H, NQB, NKB] tensor, got {dense.dtype} {tuple(dense.shape)}")
         H, nq, nk = dense.shape
-        d2 = dense.cpu().reshape(H * nq, nk)
+        d2 = dense.cpu().reshape(H * nq, nk).numpy()
         rows = d2.shape[0]
-        # Row counts: a uint8 sum with a narrow accumulator is the fast reduction (an int32 one copies the input).
-        acc = torch.int16 if nk < 2**15 else torch.int32
-        counts_np = d2.view(torch.uint8).sum(1, dtype=acc).numpy() if rows else np.zeros(0, np.int16)
+        # Each row's True columns in ascending order, a few hundred rows at a time so the temporaries stay in
+        # cache: the flat indices of a chunk's Trues are row-major, so each row's count is the distance between
+        # two binary searches for its row start, and subtracting the row start gives the columns.
+        counts_np = np.zeros(rows, np.int32)
+        chunks = []
+        for r0 in range(0, rows, cls._PACK_ROWS):
+            r1 = min(rows, r0 + cls._PACK_ROWS)
+            flat = np.flatnonzero(d2[r0:r1])
+            c = np.diff(np.searchsorted(flat, np.arange(0, (r1 - r0 + 1) * nk, nk)))
+            counts_np[r0:r1] = c
+            cols = flat.astype(np.int32)
+            cols -= np.repeat(np.arange(0, (r1 - r0) * nk, nk, dtype=np.int32), c)
+            chunks.append(cols)
         maxk = max(int(counts_np.max()) if rows else 0, 1)
-        d2 = d2.numpy()
-        # Left-pack each row's True columns in ascending order, a few hundred rows at a time so the temporaries
-        # stay in cache: the flat indices of a chunk's Trues are row-major, so subtracting each row's start gives
-        # the columns in order, and a row's first `count` slots (a row of `first_slots`) take them.
+        # Left-pack: a row's first `count` slots (a row of `first_slots`) take its columns.
         first_slots = np.arange(maxk, dtype=np.int32) < np.arange(maxk + 1, dtype=np.int32)[:, None]
         # torch's allocator, not numpy's: numpy asks for transparent huge pages on large arrays, and where the
         # kernel compacts memory synchronously for them (defrag=madvise) a build stalls now and then.
         idx = torch.empty(H, nq, maxk, dtype=torch.int32)
         packed = idx.numpy().reshape(rows, maxk)
-        for r0 in range(0, rows, cls._PACK_ROWS):
+        for r0, cols in zip(range(0, rows, cls._PACK_ROWS), chunks):
             r1 = min(rows, r0 + cls._PACK_ROWS)
-            c = counts_np[r0:r1]
-            cols = np.flatnonzero(d2[r0:r1]).astype(np.int32)
-            cols -= np.repeat(np.arange(0, (r1 - r0) * nk, nk, dtype=np.int32), c)
             out = packed[r0:r1]
             out.fill(0)  # past the count: 0, a valid block index
-            out[first_slots[c]] = cols
+            out[first_slots[counts_np[r0:r1]]] = cols
         idx = idx.to(dense.device)
-        counts = torch.from_numpy(counts_np.astype(np.int32).reshape(H, nq)).to(dense.device)
+        counts = torch.from_numpy(counts_np.reshape(H, nq)).to(dense.device)
         return cls(counts, idx, block_q, block_k, seq_len, check=False)
 
     @classmethod

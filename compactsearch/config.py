@@ -145,8 +145,17 @@ class Config:
     def layout(self) -> TileLayout:
         return TileLayout(self.geometry, self.tile, self.block_size)
 
-    def layer_mask(self, bucket: int, layer: int, layout: TileLayout | None = None) -> BlockSparseMask:
-        return build_layer_mask(self.buckets[bucket].layers[layer].patterns(), layout or self.layout())
+    def layer_mask(self, bucket: int, layer: int, layout: TileLayout | None = None,
+                   heads: tuple[int, int] | None = None) -> BlockSparseMask:
+        """The kernel mask of a (bucket, layer); with ``heads = (start, stop)`` only those heads' (a Ulysses
+        rank's share of the heads)."""
+        patterns = self.buckets[bucket].layers[layer].patterns()
+        if heads is not None:
+            start, stop = heads
+            if not 0 <= start < stop <= len(patterns):
+                raise ValueError(f"head range {heads} outside the layer's {len(patterns)} heads")
+            patterns = patterns[start:stop]
+        return build_layer_mask(patterns, layout or self.layout())
 
     def plan(self, num_steps: int | None = None) -> StepPlan:
         """The schedule laid on a run of ``num_steps`` steps (default: the step count it was searched at)."""

@@ -46,6 +46,7 @@ from compact_attn import reference as _reference
 from compact_attn.mask import BlockSparseMask
 from compactsearch.adapters import AttentionCall, AttentionContext, get_adapter, install
 from compactsearch.adapters.base import Installation, forward_arguments
+from compactsearch.adapters.parallel import check_parallel
 from compactsearch.config import Config, load_config
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
@@ -182,7 +183,8 @@ def check_pipeline(pipe, config: Config, model_id: str | None = None) -> list[to
 
     Raises:
         InputError: the config is for another model id (when ``model_id`` is given), adapter family, depth,
-            number of heads or head dim.
+            number of heads or head dim; or a context parallelism it cannot run under (ring attention, a family
+            not checked under Ulysses: `compactsearch.adapters.parallel.check_parallel`).
     """
     if model_id is not None and model_id != config.model_id:
         raise InputError(f"the config is for model {config.model_id!r}, not {model_id!r}: search a config for "
@@ -201,6 +203,7 @@ def check_pipeline(pipe, config: Config, model_id: str | None = None) -> list[to
         if dim is not None and dim != config.head_dim:
             raise InputError(f"the config is for head dim {config.head_dim}, the pipeline's model has {dim}: use a "
                              "config searched on this model")
+        check_parallel(tr, adapter.name, config.num_heads)
     return transformers
 
 
@@ -246,11 +249,13 @@ class SparseRuntime:
             self._layouts[n] = TileLayout(geo, self.config.tile, self.config.block_size)
         return self._layouts[n]
 
-    def mask(self, bucket: int, layer: int, device: torch.device, text_tokens: int | None = None) -> BlockSparseMask:
-        """The layer mask of a bucket (cached per bucket, layer, text length and device)."""
-        key = (bucket, layer, text_tokens, str(device))
+    def mask(self, bucket: int, layer: int, device: torch.device, text_tokens: int | None = None,
+             heads: tuple[int, int] | None = None) -> BlockSparseMask:
+        """The layer mask of a bucket (cached per bucket, layer, text length, head range and device); ``heads``
+        ``(start, stop)``: only those heads' (a Ulysses rank's)."""
+        key = (bucket, layer, text_tokens, heads, str(device))
         if key not in self._masks:
-            m = self.config.layer_mask(bucket, layer, self.layout(text_tokens))
+            m = self.config.layer_mask(bucket, layer, self.layout(text_tokens), heads)
             self._masks[key] = m.to(device)
         return self._masks[key]
 
@@ -273,10 +278,11 @@ class SparseRuntime:
         return _reference.block_sparse_attention(q, k, v, mask)
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bucket: int, layer: int,
-                text_tokens: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
+                text_tokens: int | None, out: torch.Tensor | None = None,
+                heads: tuple[int, int] | None = None) -> torch.Tensor:
         layout = self.layout(text_tokens)
         perm = self._perm(layout, q.device)
-        mask = self.mask(bucket, layer, q.device, text_tokens)
+        mask = self.mask(bucket, layer, q.device, text_tokens, heads)
         qt, kt, vt = permute.to_tile_order(q, k, v, perm, backend=self._permute_backend)
         return permute.to_model_order(self._kernel(qt, kt, vt, mask), perm, backend=self._permute_backend, out=out)
 
@@ -293,7 +299,10 @@ class SparseRuntime:
         self.sparse_calls += 1
         N = q.shape[2]
         if call.key_valid is None or all(n >= N for n in call.key_valid):
-            return self._sparse(q, k, v, self.bucket, call.layer, None)
+            return self._sparse(q, k, v, self.bucket, call.layer, None, heads=call.heads)
+        if call.heads is not None:
+            raise InputError("masked text keys under sequence parallelism (Ulysses) are not supported: run this "
+                             "model without enable_parallelism")
         if g.text_position != "back":
             raise InputError(f"masked text keys are supported when text sits at the back, not {g.text_position!r}")
         B, H, _, D = q.shape

@@ -27,12 +27,14 @@ in cross-attention, untouched); the key-padding masks of HunyuanVideo and Mochi 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from compactsearch.adapters.parallel import Ulysses, ulysses_of
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 
@@ -68,6 +70,8 @@ class AttentionCall:
             holds both (see `AttentionContext.batch_branches`).
         batch_branches: the branch of every batch item (``("cond",)`` without guidance).
         expert: which transformer of the pipeline runs (Wan 2.2 A14B: 0 high noise, 1 low noise).
+        heads: ``(start, stop)``, the model's heads q, k, v hold under Ulysses sequence parallelism (this rank's
+            share, `compactsearch.adapters.parallel`); None: all of them.
     """
 
     layer: int
@@ -77,6 +81,7 @@ class AttentionCall:
     branch: str
     batch_branches: tuple[str, ...]
     expert: int = 0
+    heads: tuple[int, int] | None = None
 
 
 @dataclass
@@ -142,11 +147,14 @@ class SelfAttentionProcessor:
     """Base of every family's processor: holds the layer index and the context, and the mode switch.
 
     Subclasses define ``__call__`` with the exact signature of the diffusers processor they copy (diffusers
-    passes only the keyword arguments that signature names) and end in `_attend`.
+    passes only the keyword arguments that signature names) and end in `_attend`. ``_parallel_config`` is what
+    diffusers' ``enable_parallelism`` sets (`install` copies it from the processor replaced); under Ulysses the
+    sparse mode does the all-to-all itself (`compactsearch.adapters.parallel`) in families with ``ulysses = True``.
     """
 
     _attention_backend = None
     _parallel_config = None
+    ulysses = False  # checked under Ulysses sequence parallelism (compactsearch.adapters.parallel)
 
     def __init__(self, layer: int, ctx: AttentionContext):
         self.layer = layer
@@ -220,8 +228,11 @@ class SelfAttentionProcessor:
 
     def _switch(self, q, k, v, dense, from_bhnd, text_tokens, text_position, key_valid) -> torch.Tensor:
         mode = self.ctx.mode
-        if mode == "dense":
+        if mode == "dense":  # under context parallelism: diffusers' own all-to-all inside dispatch_attention_fn
             return dense()
+        ulysses = ulysses_of(self._parallel_config)
+        if ulysses is not None:
+            return self._switch_ulysses(ulysses, q, k, v, from_bhnd, text_tokens, text_position, key_valid)
         call = self._call(q, text_tokens, text_position, key_valid)
         if mode == "capture":
             run = getattr(self.ctx.sink, "capture_attention", None)
@@ -234,6 +245,27 @@ class SelfAttentionProcessor:
         if self.ctx.attend is None:
             raise InputError("attention mode 'sparse' needs an attend function (compactsearch.apply sets it)")
         return from_bhnd(self.ctx.attend(call, q, k, v))
+
+    def _switch_ulysses(self, ulysses: Ulysses, q, k, v, from_bhnd, text_tokens, text_position,
+                        key_valid) -> torch.Tensor:
+        """Sparse mode on this rank's sequence slice: all-to-all to the whole sequence of this rank's heads, the
+        sparse attention with those heads' masks, all-to-all back."""
+        mode = self.ctx.mode
+        if not self.ulysses:
+            raise InputError(f"{type(self).__name__} does not run under sequence parallelism (Ulysses): run this "
+                             "model without enable_parallelism")
+        if mode == "capture":
+            raise InputError("profiling (capture mode) under context parallelism is not supported: profile without "
+                             "enable_parallelism")
+        if key_valid is not None:
+            raise InputError("masked text keys under sequence parallelism (Ulysses) are not supported: run this model "
+                             "without enable_parallelism")
+        if self.ctx.attend is None:
+            raise InputError("attention mode 'sparse' needs an attend function (compactsearch.apply sets it)")
+        heads = ulysses.heads(q.shape[1])
+        q, k, v = (ulysses.to_heads(x) for x in (q, k, v))
+        call = dataclasses.replace(self._call(q, text_tokens, text_position, key_valid), heads=heads)
+        return from_bhnd(ulysses.to_sequence(self.ctx.attend(call, q, k, v)))
 
 
 def guidance_kwargs(guidance: float, negative_prompt: str | None) -> dict:
@@ -367,6 +399,7 @@ def install(model, adapter: Adapter, ctx: AttentionContext | None = None) -> Ins
         hooks.append(tr.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for layer, mod in enumerate(mods):
             proc = adapter.processor_class(layer, ctx)
+            proc._parallel_config = getattr(mod.processor, "_parallel_config", None)  # enable_parallelism's
             originals.append(mod.processor)
             modules.append(mod)
             processors.append(proc)

@@ -29,6 +29,8 @@ def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
 class WanSelfAttnProcessor(SelfAttentionProcessor):
     """Wan self-attention (``attn1``) with the compactsearch mode switch after RoPE."""
 
+    ulysses = True
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

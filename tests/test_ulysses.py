@@ -138,6 +138,17 @@ def test_ring_anything_and_other_families_are_refused_with_one_line():
         ulysses_of(ParallelConfig(context_parallel_config=ContextParallelConfig(ring_degree=2)))
 
 
+def test_a_parallel_config_set_inside_the_block_reaches_the_original_processors():
+    from diffusers import ContextParallelConfig, ParallelConfig
+
+    pipe = tiny_wan_pipeline()
+    pc = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
+    with apply(pipe, make_config([OWN_FRAME] * 2)):
+        for b in pipe.transformer.blocks:  # what enable_parallelism does to the processors it finds
+            b.attn1.processor._parallel_config = pc
+    assert all(b.attn1.processor._parallel_config is pc for b in pipe.transformer.blocks)
+
+
 # --------------------------------------------------------------------------------- two gloo processes
 def _enable_ulysses(transformer, degree: int) -> None:
     from diffusers import ContextParallelConfig

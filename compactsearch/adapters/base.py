@@ -361,10 +361,13 @@ class Installation:
         return len(self.modules) // self.num_experts
 
     def restore(self) -> None:
-        """Put the original processors back and remove the hooks (idempotent)."""
+        """Put the original processors back and remove the hooks (idempotent). A parallel config diffusers set
+        on the processors meanwhile (``enable_parallelism`` inside the block) goes to the originals too."""
         if not self.active:
             return
-        for module, orig in zip(self.modules, self.originals, strict=True):
+        for module, orig, proc in zip(self.modules, self.originals, self.processors, strict=True):
+            if proc._parallel_config is not None and hasattr(orig, "_parallel_config"):
+                orig._parallel_config = proc._parallel_config
             _set_processor(module, orig)
         for h in self.hooks:
             h.remove()

@@ -54,25 +54,7 @@ from compactsearch.search import SearchSettings, run_search  # noqa: E402
 from compactsearch.tile_choice import default_tiling  # noqa: E402
 from compactsearch.tiling import TileLayout  # noqa: E402
 
-__all__ = ["synthesize_profile", "block_centroids"]
-
-
-def block_centroids(layout: TileLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(centroids, lengths)``: each block's mean video-token coordinate ``(t, h, w)`` ``[NB, 3]`` float64 (NaN
-    for text-only blocks) and its token count ``[NB]``."""
-    g = layout.geometry
-    nb, bs = layout.num_blocks, layout.block_size
-    perm = layout.perm
-    video = (perm >= g.video_offset) & (perm < g.video_offset + g.video_tokens)
-    v = (perm - g.video_offset).clamp(0, max(g.video_tokens - 1, 0))
-    hw = g.height * g.width
-    coords = torch.stack([v // hw, (v // g.width) % g.height, v % g.width], 1).double()
-    blk = torch.arange(perm.numel()) // bs
-    sums = torch.zeros(nb, 3, dtype=torch.float64).index_add_(0, blk, coords * video[:, None])
-    counts = torch.zeros(nb, dtype=torch.float64).index_add_(0, blk, video.double())
-    cent = sums / counts.clamp_min(1)[:, None]
-    cent[counts == 0] = float("nan")
-    return cent, layout.block_lengths().double()
+__all__ = ["synthesize_profile"]
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -88,18 +70,16 @@ def _nearest(points: torch.Tensor, centres: torch.Tensor, scale: torch.Tensor) -
 def _index_maps(src: TileLayout, dst: TileLayout) -> dict[str, torch.Tensor]:
     """Source blocks standing for every target query block, key block (at the query's token offset, clamped to
     the source grid), the key one source tile further back, and the tiles beyond the grid ``[NBt, NBt]``."""
-    cs, _ = block_centroids(src)
-    ct, _ = block_centroids(dst)
+    cs, s_video = src.block_centres()  # text-only blocks: centre 0, video False
+    ct, t_video = dst.block_centres()
     s_dims = torch.tensor(src.geometry.thw, dtype=torch.float64)
     t_dims = torch.tensor(dst.geometry.thw, dtype=torch.float64)
     step = torch.tensor(src.tile_thw, dtype=torch.float64)
-    s_video = ~torch.isnan(cs[:, 0])
-    t_video = ~torch.isnan(ct[:, 0])
     s_vidx = torch.nonzero(s_video).flatten()
     s_text = torch.nonzero(~s_video).flatten()
     nbt = dst.num_blocks
     # queries (and value rows): the source block at the same fraction of the grid
-    frac = (ct.nan_to_num(0.0) + 0.5) * s_dims / t_dims - 0.5
+    frac = (ct + 0.5) * s_dims / t_dims - 0.5
     at_frac = s_vidx[_nearest(frac, cs[s_vidx], step)]
     t_text = torch.nonzero(~t_video).flatten()
     if t_text.numel():
@@ -109,8 +89,8 @@ def _index_maps(src: TileLayout, dst: TileLayout) -> dict[str, torch.Tensor]:
     # keys: the target offset in tokens from a source query block that has it (the fraction-mapped position,
     # moved by as little as the source grid needs to hold query and key), clamped into the source grid
     lo, hi = cs[s_vidx].min(0).values, cs[s_vidx].max(0).values
-    off = ct.nan_to_num(0.0)[None, :, :] - ct.nan_to_num(0.0)[:, None, :]  # [NBt, NBt, 3]
-    qpos = cs[at_frac].nan_to_num(0.0)[:, None, :].expand_as(off)
+    off = ct[None, :, :] - ct[:, None, :]  # [NBt, NBt, 3]
+    qpos = cs[at_frac][:, None, :].expand_as(off)
     shifted = torch.minimum(torch.maximum(torch.minimum(torch.maximum(qpos, lo - off), hi - off), lo), hi)
     q_pair = s_vidx[_nearest(shifted, cs[s_vidx], step)]
     want = cs[q_pair] + off

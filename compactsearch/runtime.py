@@ -300,9 +300,6 @@ class SparseRuntime:
         N = q.shape[2]
         if call.key_valid is None or all(n >= N for n in call.key_valid):
             return self._sparse(q, k, v, self.bucket, call.layer, None, heads=call.heads)
-        if call.heads is not None:
-            raise InputError("masked text keys under sequence parallelism (Ulysses) are not supported: run this "
-                             "model without enable_parallelism")
         if g.text_position != "back":
             raise InputError(f"masked text keys are supported when text sits at the back, not {g.text_position!r}")
         B, H, _, D = q.shape

@@ -124,11 +124,13 @@ def default_tiling(geometry: VideoGeometry, head_dim: int | None = None) -> tupl
     tile, waste = _best_tile(geometry, 128)
     tile64, waste64 = _best_tile(geometry, 64)
     ratio = PAIR_TIME_64.get(head_dim or 128)
-    if geometry.video_tokens < 2 * 128 or (ratio is None and waste > WASTE_TARGET):
-        return (tile64, 64) if waste64 < waste else (tile, 128)
-    if ratio is None:
-        return tile, 128
-    return (tile64, 64) if (1.0 + waste64) * ratio < 1.0 + waste else (tile, 128)
+    if geometry.video_tokens < 2 * 128:
+        use64 = waste64 < waste
+    elif ratio is None:
+        use64 = waste > WASTE_TARGET and waste64 < waste
+    else:
+        use64 = (1.0 + waste64) * ratio < 1.0 + waste
+    return (tile64, 64) if use64 else (tile, 128)
 
 
 def _covering_tile(geometry: VideoGeometry, block_size: int) -> tuple[int, int, int]:

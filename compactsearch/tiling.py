@@ -189,6 +189,18 @@ class TileLayout:
         """Kernel block of every model-order token, ``[seq_len]``."""
         return self.inv_perm // self.block_size
 
+    def block_centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(centres, video)``: the mean ``(t, h, w)`` token coordinate of each block's video tokens ``[NB, 3]``
+        float64 (0 for a text-only block) and whether the block holds video ``[NB]`` bool."""
+        g = self.geometry
+        j = torch.arange(g.video_tokens)
+        t, rem = j // (g.height * g.width), j % (g.height * g.width)
+        coords = torch.stack([t, rem // g.width, rem % g.width], 1).double()
+        blk = self.block_of_token()[g.video_offset + j]
+        sums = torch.zeros(self.num_blocks, 3, dtype=torch.float64).index_add_(0, blk, coords)
+        counts = torch.zeros(self.num_blocks, dtype=torch.float64).index_add_(0, blk, torch.ones(j.numel()).double())
+        return sums / counts.clamp_min(1)[:, None], counts > 0
+
     def tile_of_token(self) -> torch.Tensor:
         """Tile id of every model-order video token, ``[video_tokens]`` (raster index into tile_coords)."""
         return self._tile_of_token(self.grid_thw)

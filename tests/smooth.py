@@ -24,22 +24,10 @@ from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.store import Profile
 from compactsearch.tiling import TileLayout
 
-__all__ = ["SMOOTH_KINDS", "block_centres", "smooth_mass", "smooth_profile", "WAN13_480P"]
+__all__ = ["SMOOTH_KINDS", "smooth_mass", "smooth_profile", "WAN13_480P"]
 
 SMOOTH_KINDS = ("gauss", "stripe", "frame", "sink")
 WAN13_480P = VideoGeometry(21, 30, 52)  # Wan 2.1 1.3B at 480p: 21 x 30 x 52 latent tokens
-
-
-def block_centres(layout: TileLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """``([NB, 3] float64 mean (t, h, w) of each block's video tokens, [NB] bool block holds video)``."""
-    g = layout.geometry
-    j = torch.arange(g.video_tokens)
-    t, rem = j // (g.height * g.width), j % (g.height * g.width)
-    coords = torch.stack([t, rem // g.width, rem % g.width], 1).double()
-    blk = layout.block_of_token()[g.video_offset + j]
-    sums = torch.zeros(layout.num_blocks, 3, dtype=torch.float64).index_add_(0, blk, coords)
-    counts = torch.zeros(layout.num_blocks, dtype=torch.float64).index_add_(0, blk, torch.ones(j.numel()).double())
-    return sums / counts.clamp_min(1)[:, None], counts > 0
 
 
 def smooth_mass(layout: TileLayout, kind: str, gen: torch.Generator, noise: float = 0.5,
@@ -50,7 +38,7 @@ def smooth_mass(layout: TileLayout, kind: str, gen: torch.Generator, noise: floa
         sinks: ``(blocks, share)`` to reuse (per-prompt draws of one head); drawn when None.
     """
     g = layout.geometry
-    c, video = block_centres(layout)
+    c, video = layout.block_centres()
     nb = layout.num_blocks
 
     def u(a: float, b: float) -> float:

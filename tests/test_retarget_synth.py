@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.retarget_synth import block_centroids, synthesize_profile  # noqa: E402
+from benchmarks.retarget_synth import synthesize_profile  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
 from compactsearch.profile.store import Profile  # noqa: E402
 from compactsearch.tiling import TileLayout  # noqa: E402
@@ -23,7 +23,7 @@ def _profile(frames: int, widths: list[float]) -> Profile:
     """Heads whose mass per key token is ``exp(-|dt| / width)`` in frames (inf: a stripe through all frames)."""
     g = VideoGeometry(frames, 16, 16)
     lay = TileLayout(g, TILE, BLOCK)
-    cent, length = block_centroids(lay)
+    cent, length = lay.block_centres()[0], lay.block_lengths().double()
     dt = (cent[:, None, 0] - cent[None, :, 0]).abs()
     heads = []
     for w in widths:

@@ -14,6 +14,7 @@ import torch
 
 from compactsearch.adapters import get_adapter, load_pipeline
 from compactsearch.adapters.pipelines import FAMILIES, build_family_pipeline, family_transformer_config
+from compactsearch.adapters.registry import video_tokens
 from compactsearch.cli import main
 from compactsearch.config import load_config
 from compactsearch.profile.recipe import load_recipe
@@ -78,6 +79,8 @@ def test_family_loop_through_the_cli_and_apply_restores(family, tmp_path, capsys
 
     # apply on the pipeline itself: sparse steps run; after exit the model is the one it was, bit for bit
     pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, "cpu")
+    family_ = get_adapter(recipe.adapter)  # the token count --parallel checks is the one the model runs
+    assert video_tokens(pipe, family_, recipe.frames, recipe.height, recipe.width) == 3 * 24 * 24
     prompt = recipe.holdout_prompts[0]
     before = _latents(pipe, recipe, prompt)
     with apply(pipe, load_config(cfg), model_id=recipe.model_id) as rt:
@@ -116,3 +119,22 @@ def test_family_specs_build_the_real_architectures_at_tiny_size():
     hy = build_family_pipeline("hunyuan_video")
     assert hy.text_encoder.config.hidden_size == hy.transformer.config.text_embed_dim
     assert hy.text_encoder_2.config.hidden_size == hy.transformer.config.pooled_projection_dim
+
+
+@pytest.mark.parametrize(("model", "adapter", "video", "message"), [
+    ("tiny-random-ltx", "ltx", (17, 760, 768), "video.height 760: this model needs a multiple of 32 (VAE 32 x "
+                                               "patch 1)"),
+    ("tiny-random-ltx", "ltx", (16, 768, 768), "video.frames 16: this model needs frames - 1 to be a multiple of 8"),
+    ("tiny-random-mochi", "mochi", (14, 384, 384), "video.frames 14: this model needs frames - 1 to be a multiple "
+                                                   "of 6"),
+    ("tiny-random-mochi", "mochi", (13, 384, 392), "video.width 392: this model needs a multiple of 16"),
+])
+def test_video_sizes_are_checked_against_each_familys_vae_names(model, adapter, video, message):
+    """LTX-Video and Mochi name their VAE factors differently from Wan (``vae_*_compression_ratio``,
+    ``vae_*_scale_factor``): the size check and the token count read them all."""
+    from compactsearch.adapters.registry import check_video_size
+    from compactsearch.errors import InputError
+
+    pipe = load_pipeline(model, adapter, "float32", "cpu")
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_video_size(pipe, get_adapter(adapter), *video)

@@ -1,17 +1,16 @@
 """`compactsearch.apply` under diffusers' Ulysses context parallelism: the all-to-all layouts, head-subset masks,
 the refusals, and two gloo processes on the CPU against one process.
 
-Diffusers 0.42.1's ``enable_parallelism`` does not run on a machine without an accelerator as shipped:
-``_resolve_parallel_config`` computes ``rank % torch.accelerator.device_count()``, a division by zero there. The
-two-process test patches ``device_count`` to 1 around that call (the device mesh is then a CPU mesh and the
-collectives gloo's); everything else is diffusers' own code path.
+Diffusers 0.42.1's ``enable_parallelism`` does not run on a machine without an accelerator as shipped
+(``rank % torch.accelerator.device_count()``, a division by zero there); `compactsearch.distributed.enable_ulysses`
+reads the count as 1 for that call, so the device mesh is a CPU mesh and the collectives gloo's. ``--parallel``
+runs through ``torchrun`` (``python -m torch.distributed.run``) with 2 CPU processes.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from unittest import mock
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ from compactsearch.adapters.parallel import (
 )
 from compactsearch.adapters.pipelines import tiny_wan_pipeline
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig
+from compactsearch.distributed import enable_ulysses
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.patterns import FrameGroup, Pattern, Window
@@ -37,6 +37,7 @@ from compactsearch.runtime import apply
 
 WAN_KW = dict(prompt="a red fox runs", height=128, width=128, num_frames=9, num_inference_steps=4,
               output_type="latent", guidance_scale=5.0, max_sequence_length=32)
+VIDEO = (9, 128, 128)  # frames, height, width of WAN_KW: 3x8x8 = 192 tokens
 OWN_FRAME = Pattern.local(0, 1, 1)
 TWO_FRAMES = Pattern((FrameGroup(0, 1, (Window(1, 1),)),))
 
@@ -150,21 +151,13 @@ def test_a_parallel_config_set_inside_the_block_reaches_the_original_processors(
 
 
 # --------------------------------------------------------------------------------- two gloo processes
-def _enable_ulysses(transformer, degree: int) -> None:
-    from diffusers import ContextParallelConfig
-
-    count = torch.accelerator.device_count()
-    with mock.patch.object(torch.accelerator, "device_count", lambda: max(1, count)):
-        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         pipe = tiny_wan_pipeline()
-        _enable_ulysses(pipe.transformer, world)
+        enable_ulysses(pipe, "wan", world, VIDEO)
         result = {"dense": run(pipe)}
         with apply(pipe, make_config([OWN_FRAME, TWO_FRAMES])) as rt:  # applied after enable_parallelism
             result["sparse"] = run(pipe)

@@ -25,7 +25,8 @@ from compactsearch.adapters.base import Adapter
 from compactsearch.errors import InputError, lookup
 
 __all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
-           "register_model", "load_pipeline", "check_video_size", "DTYPES"]
+           "register_model", "load_pipeline", "check_video_size", "video_tokens", "quiet_libraries",
+           "DTYPES"]
 
 ADAPTERS: dict[str, Adapter] = {}
 
@@ -127,7 +128,7 @@ def load_pipeline(model_id: str, adapter: str, dtype: str = "bfloat16", device: 
         looks_local = path.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
         if looks_local and not path.exists():
             raise InputError(f"model.id {model_id}: no such directory; give a save_pretrained directory or a Hub id")
-        with _quiet_libraries():
+        with quiet_libraries():
             pipe = _from_pretrained(str(path) if path.exists() else model_id, torch_dtype)
     family.transformers(pipe)  # checks the family matches
     if video is not None:
@@ -181,34 +182,59 @@ def _from_pretrained(model_id: str, torch_dtype: torch.dtype):
         ) from e
 
 
-def _spatial_patch(transformer) -> int:
-    p = getattr(getattr(transformer, "config", None), "patch_size", None) or 1
-    return int(p[-1]) if isinstance(p, (tuple, list)) else int(p)
+def _patches(transformer) -> tuple[int, int]:
+    """``(temporal, spatial)`` patch size of a transformer (``patch_size_t`` or the first of a 3-tuple; 1 without)."""
+    cfg = getattr(transformer, "config", None)
+    p = getattr(cfg, "patch_size", None) or 1
+    if isinstance(p, (tuple, list)):
+        return (int(p[0]) if len(p) == 3 else 1), int(p[-1])
+    return int(getattr(cfg, "patch_size_t", None) or 1), int(p)
+
+
+def video_tokens(pipe, family: Adapter, frames: int, height: int, width: int) -> int:
+    """Video tokens of one ``frames x height x width`` call (latent frames / temporal patch x the spatial grid)."""
+    spatial, temporal = _vae_factors(pipe)
+    pt, ps = _patches(family.transformers(pipe)[0])
+    latent_frames = (frames - 1) // (temporal or 1) + 1
+    return -(-latent_frames // pt) * (height // (spatial * ps)) * (width // (spatial * ps))
+
+
+def _vae_factors(pipe) -> tuple[int, int | None]:
+    """``(spatial, temporal)`` compression of the pipeline's VAE, under the names the families use (Wan,
+    HunyuanVideo, CogVideoX: ``vae_scale_factor_*``; LTX-Video: ``vae_*_compression_ratio``; Mochi:
+    ``vae_*_scale_factor``); temporal None for image VAEs."""
+    def first(*names):
+        return next((int(v) for v in (getattr(pipe, n, None) for n in names) if v), None)
+
+    spatial = first("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
+                    "vae_scale_factor") or 1
+    return spatial, first("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor")
 
 
 def check_video_size(pipe, family: Adapter, frames: int, height: int, width: int) -> None:
     """Refuse recipe sizes the model cannot take: height and width must be multiples of the VAE's spatial factor
     times the transformer's patch size, and ``frames - 1`` a multiple of the VAE's temporal factor."""
-    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", None) or 1
-    factor = int(spatial) * _spatial_patch(family.transformers(pipe)[0])
+    spatial, temporal = _vae_factors(pipe)
+    factor = spatial * _patches(family.transformers(pipe)[0])[1]
     for name, v in (("height", height), ("width", width)):
         if v % factor:
             lo, hi = max(factor, v - v % factor), v - v % factor + factor
             raise InputError(f"recipe video.{name} {v}: this model needs a multiple of {factor} (VAE {spatial} x "
-                             f"patch {factor // int(spatial)}); use {lo} or {hi}")
-    temporal = getattr(pipe, "vae_scale_factor_temporal", None)
-    if temporal and (frames - 1) % int(temporal):
-        t = int(temporal)
+                             f"patch {factor // spatial}); use {lo} or {hi}")
+    if temporal and (frames - 1) % temporal:
+        t = temporal
         lo, hi = frames - (frames - 1) % t, frames - (frames - 1) % t + t
         raise InputError(f"recipe video.frames {frames}: this model needs frames - 1 to be a multiple of {t} (its "
                          f"VAE's temporal factor); use {max(lo, 1)} or {hi}")
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """Keep diffusers / transformers / huggingface_hub warnings (deprecations, "couldn't connect to the Hub",
     "accelerate not found") off stderr while loading, so a failure reads as one line; errors still show."""
     import logging
+
+    import diffusers.utils.logging  # noqa: F401  (it sets its logger's level on first import: before we do)
 
     names = ("diffusers", "transformers", "huggingface_hub")
     levels = {n: logging.getLogger(n).level for n in names}

@@ -24,7 +24,7 @@ from compactsearch.cli import (
     search_cmd,
     validate_cmd,
 )
-from compactsearch.cli._common import state
+from compactsearch.cli._common import console, state
 from compactsearch.cli._failures import EXIT_INTERNAL, describe
 from compactsearch.errors import CheckFailed
 
@@ -70,6 +70,7 @@ app.command("report")(report_cmd.report)
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn typed errors into one line and an exit code."""
     state.debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    state.silent = console.quiet = False  # set again by a --parallel command on ranks other than 0
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="compactsearch")
         code = rv if isinstance(rv, int) else 0  # standalone_mode=False returns an Exit's code
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         if state.debug and not isinstance(e, CheckFailed):  # a failed check is a result, not a bug to trace
             raise
         msg, code = describe(e)
+        if state.silent and code == 2:  # a --parallel rank other than 0: rank 0 prints the same input error
+            sys.exit(_flush_stdout(code))
         print(msg if code in (1, EXIT_INTERNAL) else f"error: {msg}", file=sys.stderr)  # 1: the checks that failed
     sys.exit(_flush_stdout(code))
 

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "RecipeArg", "DeviceOpt", "existing_file",
+__all__ = ["console", "state", "print_json", "ConfigArg", "JsonOpt", "RecipeArg", "DeviceOpt", "ParallelOpt",
+           "rank_speaks", "load_recipe_pipeline", "existing_file",
            "StepsOpt", "FramesOpt", "HeightOpt", "WidthOpt", "override_recipe", "sized_recipe"]
 
 # Progress, tables and logs go to stderr; results (--json) to stdout.
@@ -19,6 +20,7 @@ console = Console(stderr=True, highlight=False)
 
 class _State:
     debug: bool = False
+    silent: bool = False  # a --parallel rank other than 0: prints nothing (rank 0 speaks for the run)
 
 
 state = _State()
@@ -38,9 +40,37 @@ RecipeArg = Annotated[Path | None, typer.Argument(help="A recipe YAML (see recip
                                                   "model's, recipes/tiny.yaml].", show_default=False)]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cuda if available].",
                                                show_default=False)]
+ParallelOpt = Annotated[str | None, typer.Option(
+    "--parallel", help="ulysses:N: this is one of N processes started by torchrun (torchrun --nproc-per-node N -m "
+    "compactsearch ...), the transformer runs under Ulysses sequence parallelism, rank 0 writes and prints "
+    "[default: one process].", show_default=False)]
+
+
+def load_recipe_pipeline(recipe, device: str, parallel=None):
+    """The recipe's pipeline on ``device``; in a ``--parallel`` run (``parallel``, a
+    `compactsearch.distributed.ParallelRun`) under Ulysses sequence parallelism."""
+    from compactsearch.adapters import load_pipeline
+    from compactsearch.distributed import enable_ulysses
+
+    video = (recipe.frames, recipe.height, recipe.width)
+    pipe = load_pipeline(recipe.model_id, recipe.adapter, recipe.dtype, device, recipe.offload,
+                         base_dir=Path(recipe.base_dir), video=video)
+    if parallel is not None:
+        enable_ulysses(pipe, recipe.adapter, parallel.degree, video)
+    return pipe
+
+
+def rank_speaks(parallel: str | None) -> None:
+    """Under ``--parallel``, ranks other than 0 print nothing from here on (no results, progress or input
+    errors: every rank gets the same input and result; rank 0 speaks for the run)."""
+    from compactsearch.distributed import torchrun_rank
+
+    state.silent = console.quiet = parallel is not None and torchrun_rank() not in (None, 0)
 
 
 def print_json(obj) -> None:
+    if state.silent:
+        return
     try:
         sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
         sys.stdout.flush()

@@ -18,8 +18,8 @@ def progress_display(name: str, *columns, **kwargs):
     if console.is_terminal:
         from rich.progress import Progress
 
-        return Progress(*columns, console=console, **kwargs)
-    return LineProgress(name)
+        return Progress(*columns, console=console, **kwargs)  # a quiet console (a --parallel rank > 0) shows none
+    return LineProgress(name, quiet=console.quiet)
 
 
 class LineProgress:
@@ -27,8 +27,8 @@ class LineProgress:
     every `every_s` seconds while anything runs, and one at the end. A line reads
     ``search: 12/40 (30%) heads | 1m05s``."""
 
-    def __init__(self, name: str, every_s: float = 30.0, stream=None):
-        self.name, self.every_s, self.stream = name, every_s, stream
+    def __init__(self, name: str, every_s: float = 30.0, stream=None, quiet: bool = False):
+        self.name, self.every_s, self.stream, self.quiet = name, every_s, stream, quiet
         self.tasks: list[dict] = []
         self.t0 = self.last = time.monotonic()
         self.decile = -1
@@ -93,6 +93,9 @@ class LineProgress:
             self._emit_locked()
 
     def _emit_locked(self) -> None:
+        if self.quiet:
+            self.dirty = False
+            return
         parts = []
         for t in self.tasks:
             done, total = t["completed"], t["total"]

@@ -35,6 +35,7 @@ def evaluate(
     frames: common.FramesOpt = None,
     height: common.HeightOpt = None,
     width: common.WidthOpt = None,
+    parallel: common.ParallelOpt = None,
 ) -> None:
     """Generate held-out prompts dense and sparse with the same seeds and compare them.
 
@@ -46,19 +47,23 @@ def evaluate(
         compactsearch evaluate recipes/tiny.yaml --config tiny-0.3.yaml
         compactsearch evaluate recipes/tiny.yaml -c tiny-0.3.yaml --baselines profiles/tiny --videos out/
         compactsearch evaluate recipes/wan2.1-t2v-1.3b-480p.yaml -c wan-0.3.yaml --prompts my.txt --json
+        torchrun --nproc-per-node 2 -m compactsearch evaluate RECIPE -c CONFIG --parallel ulysses:2
     """
     import torch
 
     from compactsearch._io import check_output
     from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
+    from compactsearch.distributed import check_recipe, parallel_run
     from compactsearch.errors import InputError
     from compactsearch.profile import Profile
     from compactsearch.profile.recipe import read_prompts
     from compactsearch.quality import evaluate as run_evaluate
     from compactsearch.search.baselines import baseline_configs
 
+    common.rank_speaks(parallel)
     recipe, r = common.sized_recipe(recipe, steps, frames, height, width)
+    check_recipe(r, parallel)
     if prompts is not None:
         plist = read_prompts(prompts, "--prompts file")
     elif r.holdout_prompts:
@@ -78,17 +83,22 @@ def evaluate(
         if not baselines.exists():
             raise InputError(f"--baselines {baselines} does not exist; give the profile directory")
         configs.update(baseline_configs(Profile.load(baselines), next(iter(configs.values()))))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     total = len(plist) * (1 + len(configs))
-    with progress_display("evaluate", TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("", total=total)
-        report = run_evaluate(r, configs, plist, device=device, backend=backend, video_dir=videos,
-                              progress=lambda label: bar.update(task, advance=1, description=label))
-    data = report.to_json()
+    with parallel_run(parallel, device) as par:
+        if par is not None:  # every rank generates; rank 0 writes the videos
+            device, videos = par.device, (videos if par.main else None)
+        elif device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = common.load_recipe_pipeline(r, device, par)
+        with progress_display("evaluate", TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+            task = bar.add_task("", total=total)
+            report = run_evaluate(r, configs, plist, device=device, backend=backend, video_dir=videos, pipe=pipe,
+                                  progress=lambda label: bar.update(task, advance=1, description=label))
+    data = {**report.to_json(), "parallel": parallel}
+    on = f", {parallel}: rank 0's times" if parallel else ""
     table = Table(title=f"{recipe}: {len(plist)} prompts, dense attention "
-                        f"{data['dense_attention_ms_per_step']:.2f} ms/step ({device})", title_justify="left")
+                        f"{data['dense_attention_ms_per_step']:.2f} ms/step ({device}{on})", title_justify="left")
     for col in ("config", "density", "PSNR dB", "SSIM", "LPIPS", "attn ms/step", "speed-up"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for c in data["configs"]:

@@ -33,6 +33,7 @@ def generate(
     frames: common.FramesOpt = None,
     height: common.HeightOpt = None,
     width: common.WidthOpt = None,
+    parallel: common.ParallelOpt = None,
 ) -> None:
     """Generate one video with a recipe's model, dense or with a config's sparse attention.
 
@@ -45,18 +46,20 @@ def generate(
 -o sq.mp4
         compactsearch generate recipes/tiny.yaml -c tiny-0.3.yaml --compare -p "a big green triangle bounces over \
 a checkered gray background" -o compare.gif
+        torchrun --nproc-per-node 2 -m compactsearch generate RECIPE -c CONFIG --parallel ulysses:2 -p "..." -o a.mp4
     """
     import time
 
     import torch
 
     from compactsearch._io import check_output
-    from compactsearch.adapters import load_pipeline
     from compactsearch.config import load_config
+    from compactsearch.distributed import check_recipe, parallel_run
     from compactsearch.errors import InputError
     from compactsearch.runtime import apply
     from compactsearch.video import generate_video, side_by_side, write_video
 
+    common.rank_speaks(parallel)
     recipe, r = common.sized_recipe(recipe, steps, frames, height, width)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise InputError(f"--out {out}: write a .gif or an .mp4 file")
@@ -64,21 +67,26 @@ a checkered gray background" -o compare.gif
     if compare and config is None:
         raise InputError("--compare needs --config (the sparse side)")
     cfg = load_config(common.existing_file(config, "config")) if config is not None else None
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     seed = r.seed if seed is None else seed
     t0 = time.perf_counter()
-    with common.console.status("loading the model", spinner="dots") if common.console.is_terminal else _null():
-        pipe = load_pipeline(r.model_id, r.adapter, r.dtype, device, r.offload, base_dir=Path(r.base_dir),
-                             video=(r.frames, r.height, r.width))
-    with common.console.status("generating", spinner="dots") if common.console.is_terminal else _null():
-        if cfg is None:
-            video = generate_video(pipe, r, prompt, seed)
-        else:
-            with apply(pipe, cfg, model_id=r.model_id, backend=backend):
+    check_recipe(r, parallel)
+    with parallel_run(parallel, device) as par:
+        if par is not None:
+            device = par.device
+        elif device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        with _status("loading the model"):
+            pipe = common.load_recipe_pipeline(r, device, par)
+        with _status("generating"):
+            if cfg is None:
                 video = generate_video(pipe, r, prompt, seed)
-            if compare:
-                video = side_by_side(generate_video(pipe, r, prompt, seed), video)
+            else:
+                with apply(pipe, cfg, model_id=r.model_id, backend=backend):
+                    video = generate_video(pipe, r, prompt, seed)
+                if compare:
+                    video = side_by_side(generate_video(pipe, r, prompt, seed), video)
+    if common.state.silent:  # a --parallel rank other than 0: rank 0 writes the same video
+        return
     write_video(out, video, fps=fps)
     seconds = time.perf_counter() - t0
     mode = "dense" if cfg is None else ("dense | sparse" if compare else "sparse")
@@ -86,14 +94,16 @@ a checkered gray background" -o compare.gif
     if json_out:
         common.print_json({"out": str(out), "prompt": prompt, "seed": seed, "mode": mode,
                            "config": str(config) if config else None, "frames": F, "height": H, "width": W,
-                           "seconds": round(seconds, 2)})
+                           "parallel": parallel, "seconds": round(seconds, 2)})
     else:
-        common.console.print(f"wrote {out} ({mode}, {F} frames of {H}x{W}, seed {seed}) in {seconds:.1f} s")
+        on = f", {parallel}" if parallel else ""
+        common.console.print(f"wrote {out} ({mode}{on}, {F} frames of {H}x{W}, seed {seed}) in {seconds:.1f} s")
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _status(text: str):
+    """A spinner on a terminal (none on a quiet console), nothing elsewhere."""
+    import contextlib
 
-    def __exit__(self, *exc):
-        return False
+    if common.console.is_terminal and not common.console.quiet:
+        return common.console.status(text, spinner="dots")
+    return contextlib.nullcontext()

@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.3)
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--workers", type=int)
-    ap.add_argument("--one-pass", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--one-pass", choices=("auto", "on", "fused", "off"), default="auto")
     ap.add_argument("--profile-every", type=int, default=1,
                     help="profile every N-th step (and the last; the shipped recipes use 2) [default: every step]")
     ap.add_argument("--cost-model", action="store_true", help="also measure the kernel cost model and search with it")

@@ -6,7 +6,8 @@ kernels: sequence lengths that do not divide the block size (odd frames, heights
 and at the back, query blocks with no key block, batch 2, head dims 64 and 128, bf16 and fp16, the logsumexp,
 a mask with some dense heads (SDPA split), and layer masks of the pattern language with **sink key tiles** (whole
 key-block columns every query block computes; density ``"sinks"`` in `CASES`). Outputs are poisoned with NaN
-before each run.
+before each run. Every case also runs the forward that yields the block mass (`attention_with_block_mass`, the
+fused profile capture): its output by the same rule, its mass within 5e-3 (relative) of the reference's.
 
 Pass rule (as the CPU tests): relative Frobenius error against fp32 <= 2x PyTorch's own error in the same low
 precision (+1e-5), no NaN anywhere, and the logsumexp within 2e-2 of the fp32 one. Exit code 1 on any failure.
@@ -26,7 +27,7 @@ import torch
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels"),
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
 
-from compact_attn import BlockSparseMask, reference  # noqa: E402
+from compact_attn import BlockSparseMask, attention_with_block_mass, reference  # noqa: E402
 from compact_attn._config import AttnConfig, attention_config  # noqa: E402
 from compact_attn.attention import block_sparse_attention_triton  # noqa: E402
 
@@ -124,9 +125,18 @@ def check(config: AttnConfig, case, seed: int = 0) -> dict:
     lse_err = float((lse[fin] - ref_lse[fin]).abs().max()) if fin.any() else 0.0
     lse_inf_ok = bool(torch.isneginf(lse[~fin]).all())
     nan = bool(torch.isnan(o).any() or torch.isnan(o2).any())
-    ok = (not nan and err_k <= 2 * err_t + 1e-5 and err_k2 <= 2 * err_t + 1e-5 and lse_err <= 2e-2 and lse_inf_ok)
+    # the forward that also yields the block mass (profiling's fused capture): output, and mass against the
+    # reference's with the same lse on the listed blocks
+    o3, lse3, mass = attention_with_block_mass(q, k, v, mask)
+    err_k3 = float((o3.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+    ref_mass = reference.block_mass(q.float(), k.float(), mask.block_q, mask.block_k, lse=lse3)
+    ref_mass = torch.where(mask.to_dense()[None], ref_mass, 0.0)  # query blocks with no key block: lse -inf
+    mass_err = float((mass - ref_mass).norm() / ref_mass.norm().clamp_min(1e-30))
+    nan = nan or bool(torch.isnan(o3).any() or torch.isnan(mass).any())
+    ok = (not nan and err_k <= 2 * err_t + 1e-5 and err_k2 <= 2 * err_t + 1e-5 and lse_err <= 2e-2 and lse_inf_ok
+          and err_k3 <= 2 * err_t + 1e-5 and mass_err <= 5e-3)
     return dict(case=name, N=N, kernel=config.describe(), err=err_k, err_no_lse=err_k2, err_torch=err_t,
-                lse_err=lse_err, nan=nan, ok=ok)
+                lse_err=lse_err, err_fused=err_k3, mass_err=mass_err, nan=nan, ok=ok)
 
 
 def main() -> None:
@@ -148,7 +158,8 @@ def main() -> None:
                 r = check(cfg, case, seed)
                 failures += not r["ok"]
                 print(f"{r['case']:>38} N={r['N']:>6} {r['kernel']:>26} seed {seed}: err {r['err']:.2e} "
-                      f"(no lse {r['err_no_lse']:.2e}) torch {r['err_torch']:.2e} lse {r['lse_err']:.1e} "
+                      f"(no lse {r['err_no_lse']:.2e}, fused {r['err_fused']:.2e}, mass {r['mass_err']:.1e}) "
+                      f"torch {r['err_torch']:.2e} lse {r['lse_err']:.1e} "
                       f"{'ok' if r['ok'] else 'FAIL'}", flush=True)
     print(f"{failures} failure(s)")
     sys.exit(1 if failures else 0)

@@ -7,10 +7,11 @@ tile order, `compact_attn.block_mass` (Triton on CUDA), accumulate ``[H, NQB, NK
 An N x N score tensor for this layer would be 75,600^2 x 40 x 2 bytes = 457 GB, so the peak memory shows
 none is materialised. Also checks rows sum to block sizes and two heads against the PyTorch reference.
 
-Then the whole capture-mode call both ways (`BlockMassCapture.capture_attention`): two passes (the model's own
-SDPA, then the block mass on its own) and one pass (the attention through `compact_attn.block_sparse_attention`
-with an all-dense mask and ``return_lse``, the block mass from that logsumexp), each as a multiple of SDPA, with
-the one-pass output and mass checked against the two-pass ones.
+Then the whole capture-mode call three ways (`BlockMassCapture.capture_attention`): two passes (the model's own
+SDPA, then the block mass on its own), one pass (the attention through `compact_attn.block_sparse_attention`
+with an all-dense mask and ``return_lse``, the block mass from that logsumexp) and fused (the forward writes each
+key block's share of the softmax denominator, `compact_attn.attention_with_block_mass`), each as a multiple of
+SDPA, with the outputs and masses checked against the two-pass ones.
 
 Usage (GPU):  python benchmarks/profile_layer.py
 Small CPU smoke run:  python benchmarks/profile_layer.py --frames 2 --height 8 --width 8 --heads 2 --device cpu
@@ -113,7 +114,7 @@ def main() -> None:
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
     modes = {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "fused"):
         s = BlockMassCapture({0: 0}, block_size=args.block_size, geometry=geometry, one_pass=mode)
         ts = []
         for rep in range(args.reps + 1):
@@ -126,12 +127,13 @@ def main() -> None:
             if rep:
                 ts.append(time.perf_counter() - t0)
         modes[mode] = (sorted(ts)[len(ts) // 2], o, s.prompt_result().mass[(0, 0)])
-    o_err = (modes["on"][1].float() - modes["off"][1].float()).abs().max().item()
-    m_err = (modes["on"][2] - modes["off"][2]).abs().max().item()
-    for mode, label in (("off", "two passes (SDPA, then block mass)"), ("on", "one pass (kernel + lse, mass)")):
+    o_err = max((modes[m][1].float() - modes["off"][1].float()).abs().max().item() for m in ("on", "fused"))
+    m_err = max((modes[m][2] - modes["off"][2]).abs().max().item() for m in ("on", "fused"))
+    for mode, label in (("off", "two passes (SDPA, then block mass)"), ("on", "one pass (kernel + lse, mass)"),
+                        ("fused", "fused (kernel writes block lse, mass summed)")):
         ratio = modes[mode][0] * 1e3 / sdpa_ms if cuda else float("nan")
         print(f"capture-mode call, {label}: {modes[mode][0] * 1e3:.1f} ms = {ratio:.2f}x SDPA")
-    print(f"one pass vs two passes: max |output diff| {o_err:.3g}, max |mass diff| {m_err:.3g}")
+    print(f"one pass and fused vs two passes: max |output diff| {o_err:.3g}, max |mass diff| {m_err:.3g}")
     gib = 1024**3
     inputs = 3 * n * width * (2 if cuda else 4) / gib
     print(f"capture (permute + block_mass + accumulate): median {sorted(times)[len(times) // 2] * 1e3:.1f} ms "

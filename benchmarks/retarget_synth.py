@@ -24,7 +24,7 @@ The synthesis model:
   beyond (capped at ``m1``: no growth). A stripe through all frames (``m1 ~ m2``) stays a stripe, a local head
   decays as fast as it did.
 - **Text** keeps its mass per token; text queries map by fraction like video ones.
-- **Value factors** (`compactsearch.profile.capture.gram_factor`: rows are key blocks' mean values) take the row of
+- **Value factors** (`compactsearch.profile.values.gram_factor`: rows are key blocks' mean values) take the row of
   the source block at the same fraction of the grid.
 - Rows are scaled to sum to their query block's token count, as a measured profile's do.
 

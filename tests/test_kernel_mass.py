@@ -107,3 +107,57 @@ def test_grouped_block_sums_equal_per_block_sums(group):
     grouped = block_mass_triton(q, k, 32, 32, out=out, config=MassConfig(32, 16, 4, 1, 4, 1, group))
     assert not torch.isnan(grouped).any()
     torch.testing.assert_close(grouped, one, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- block mass from the attention forward
+# (name, B, H, N, D, dtype, block_q, block_k, block_n, density): block_n < block_k runs several key tiles per block
+FUSED_CASES = [
+    ("bf16-d64-64-ragged-dense", 1, 2, 201, 64, torch.bfloat16, 64, 64, 64, 1.0),
+    ("fp16-d128-128x128-2tiles-ragged", 2, 1, 300, 128, torch.float16, 128, 128, 64, 1.0),
+    ("fp32-d64-32x64-sparse", 1, 2, 150, 64, torch.float32, 32, 64, 32, 0.5),
+    ("bf16-d128-64x128-sparse-tail", 1, 2, 333, 128, torch.bfloat16, 64, 128, 32, 0.6),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[c[0] for c in FUSED_CASES])
+def test_block_mass_from_the_attention_forward_matches_reference(case):
+    """`attention_with_block_mass`: the forward writes each listed key block's share of the softmax denominator;
+    its block mass equals the reference's with the same (sparse) lse on the listed blocks, 0 elsewhere, and the
+    output and lse equal the plain forward's."""
+    from compact_attn import attention_with_block_mass
+    from compact_attn._config import AttnConfig
+    from compact_attn.attention import block_sparse_attention_triton
+    from compact_attn.mask import BlockSparseMask
+
+    _, B, H, N, D, dtype, bq, bk, bn, density = case
+    q, k, v = (_rand(B, H, N, D, dtype=dtype) for _ in range(3))
+    nq, nk = math.ceil(N / bq), math.ceil(N / bk)
+    if density < 1.0:
+        keep = torch.rand(H, nq, nk) < density
+        keep[:, :, -1] = True  # the ragged last key block listed for every query block
+        mask = BlockSparseMask.from_dense(keep, bq, bk, N)
+    else:
+        mask = BlockSparseMask.dense_mask(H, N, bq, bk)
+    cfg = AttnConfig(block_m=min(64, bq), block_n=bn, num_warps=4, num_stages=1)
+    o, lse, mass = attention_with_block_mass(q, k, v, mask, backend="triton", config=cfg)
+    o_plain, lse_plain = block_sparse_attention_triton(q, k, v, mask, return_lse=True, config=cfg)
+    assert torch.equal(o, o_plain) and torch.equal(lse, lse_plain)
+    listed = mask.to_dense()[None].float()
+    ref = reference.block_mass(q.float(), k.float(), bq, bk, lse=lse) * listed
+    assert not torch.isnan(mass).any()
+    assert torch.allclose(mass, ref, atol=2e-5 * bk, rtol=2e-3), (mass - ref).abs().max()
+    assert torch.equal(mass == 0, listed.expand_as(mass) == 0) or density == 1.0
+    tokens = torch.clamp(N - torch.arange(nq) * bq, max=bq).float()
+    assert torch.allclose(mass.sum(-1), tokens.expand(B, H, nq), rtol=1e-4)  # the listed blocks hold every row
+    _, _, ref_mass = attention_with_block_mass(q.float(), k.float(), v.float(), mask, backend="reference")
+    assert torch.allclose(ref_mass, ref, atol=2e-5 * bk, rtol=2e-3)
+
+
+def test_block_lse_buffer_of_the_wrong_shape_is_refused():
+    from compact_attn.attention import block_sparse_attention_triton
+    from compact_attn.mask import BlockSparseMask
+
+    q = _rand(1, 2, 100, 64, dtype=torch.bfloat16)
+    mask = BlockSparseMask.dense_mask(2, 100, 64, 64)
+    with pytest.raises(ValueError, match=r"block_lse must be a contiguous float32 \[B, H, NKB, N\]"):
+        block_sparse_attention_triton(q, q, q, mask, return_lse=True, block_lse=torch.zeros(1, 2, 100, 2))

@@ -32,10 +32,13 @@ def _capture(name: str, one_pass: str, overrides: dict | None = None, head_dim: 
     return out, sink.prompt_result(), timer
 
 
+@pytest.mark.parametrize("mode", ["on", "fused"])
 @pytest.mark.parametrize("name,head_dim", [("wan", 64), ("hunyuan_video", None), ("mochi", None)])
-def test_one_pass_capture_equals_two_passes(name, head_dim):
+def test_one_pass_capture_equals_two_passes(name, head_dim, mode):
+    """One pass and fused (the block mass from the forward: `compact_attn.attention_with_block_mass`; padded text
+    keeps the one-pass path) record what two passes record."""
     out2, cap2, _ = _capture(name, "off", head_dim=head_dim)
-    out1, cap1, timer = _capture(name, "on", head_dim=head_dim)
+    out1, cap1, timer = _capture(name, mode, head_dim=head_dim)
     torch.testing.assert_close(out1, out2, rtol=1e-4, atol=1e-4)  # the kernel's output is the model's
     assert set(cap1.mass) == set(cap2.mass) and cap1.mass
     for key in cap2.mass:
@@ -68,4 +71,4 @@ def test_profile_prints_the_timing_table(tmp_path, capsys):
     assert "where the profile's time went" in err and "block mass" in err
     with pytest.raises(SystemExit) as e:
         main(["profile", "recipes/tiny-random-wan.yaml", "--out", str(tmp_path / "q"), "--one-pass", "maybe"])
-    assert e.value.code == 2 and "error: --one-pass must be auto, on or off" in capsys.readouterr().err
+    assert e.value.code == 2 and "error: --one-pass must be one of auto, on, fused, off" in capsys.readouterr().err

@@ -11,8 +11,8 @@ from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.masks import pattern_block_mask
 from compactsearch.patterns import Pattern
-from compactsearch.profile.capture import gram_factor, merge_factors, value_block_gram
 from compactsearch.profile.store import Profile
+from compactsearch.profile.values import gram_factor, merge_factors, value_block_gram
 from compactsearch.search import SearchSettings, run_search
 from compactsearch.search.fidelity import HeadFidelity
 from compactsearch.tiling import TileLayout

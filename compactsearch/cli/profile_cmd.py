@@ -57,9 +57,10 @@ def profile(
     per_prompt: Annotated[bool | None, typer.Option("--per-prompt/--no-per-prompt", help="Keep per-prompt "
                                                     "tensors (search --holdout needs them) [default: recipe's].",
                                                     show_default=False)] = None,
-    one_pass: Annotated[str, typer.Option("--one-pass", help="auto, on or off: run the captured attention "
-                                          "through the kernel with its logsumexp and take the block mass in one "
-                                          "pass (auto: on CUDA at head dim 64/128).")] = "auto",
+    one_pass: Annotated[str, typer.Option("--one-pass", help="auto, on, fused or off: run the captured "
+                                          "attention through the kernel with its logsumexp and take the block "
+                                          "mass in one pass; fused: the forward itself yields the block mass "
+                                          "(auto: fused on CUDA at head dim 128, on at 64).")] = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Profile block attention mass of a video DiT on calibration prompts.
@@ -79,11 +80,12 @@ def profile(
     from dataclasses import replace
 
     from compactsearch.errors import InputError
+    from compactsearch.profile.capture import ONE_PASS
     from compactsearch.profile.recipe import default_recipe_path, load_recipe, read_prompts
     from compactsearch.profile.run import run_profile
 
-    if one_pass not in ("auto", "on", "off"):
-        raise InputError(f"--one-pass must be auto, on or off, got {one_pass!r}")
+    if one_pass not in ONE_PASS:
+        raise InputError(f"--one-pass must be one of {', '.join(ONE_PASS)}, got {one_pass!r}")
 
     recipe = recipe or default_recipe_path()
     r = load_recipe(recipe)

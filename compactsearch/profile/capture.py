@@ -34,13 +34,11 @@ from compactsearch.adapters.base import AttentionCall
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
 from compactsearch.profile.timing import SectionTimer
+from compactsearch.profile.values import VALUE_RANK, gram_factor, value_block_gram
 from compactsearch.tile_choice import default_tile_shape, default_tiling
 from compactsearch.tiling import TileLayout
 
-__all__ = ["block_mass", "masked_block_mass", "value_block_gram", "gram_factor", "merge_factors", "VALUE_RANK",
-           "BlockMassCapture", "PromptCapture"]
-
-VALUE_RANK = 32  # eigenvectors kept of each head's value Gram matrix (3 MB per Wan-14B 720p layer, not 56)
+__all__ = ["ONE_PASS", "block_mass", "masked_block_mass", "BlockMassCapture", "PromptCapture"]
 
 
 def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, lse: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,94 +86,7 @@ def masked_block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, key_val
     return out
 
 
-def value_block_gram(v: torch.Tensor, block_size: int, key_valid: int | None = None) -> torch.Tensor:
-    """``V̄ V̄ᵀ`` per head: ``v`` ``[H, N, D]`` in tile order -> ``[H, NKB, NKB]`` float32.
-
-    ``V̄[b]`` is the mean of ``v`` over key block ``b``'s tokens (the ragged last block over the tokens it has);
-    keys at or past ``key_valid`` (masked padding) are left out, and a block with none left is zero.
-    """
-    H, N, D = v.shape
-    nb = -(-N // block_size)
-    valid = N if key_valid is None else min(N, key_valid)
-    full = valid // block_size  # whole blocks of valid keys: summed in float32 without a float32 copy of v
-    sums = torch.zeros(H, nb, D, dtype=torch.float32, device=v.device)
-    if full:
-        sums[:, :full] = v[:, : full * block_size].unflatten(1, (full, block_size)).sum(2, dtype=torch.float32)
-    if valid > full * block_size:  # the ragged block of the valid keys
-        sums[:, full] = v[:, full * block_size : valid].sum(1, dtype=torch.float32)
-    n = (valid - torch.arange(nb, device=v.device) * block_size).clamp(0, block_size).float().clamp_min(1.0)
-    means = sums / n[None, :, None]
-    return means @ means.transpose(1, 2)
-
-
-def gram_factor(gram: torch.Tensor, rank: int = VALUE_RANK, method: str = "auto") -> torch.Tensor:
-    """``U`` ``[..., N, r]`` with ``U Uᵀ`` the best rank-``r`` approximation of the PSD ``gram`` ``[..., N, N]``
-    (batched over leading dims; ``r = min(rank, N)``).
-
-    ``method``: ``"eigh"`` (a full eigendecomposition), ``"randomized"`` (`_randomized_top_eigen`: subspace
-    iteration in float64; exact where the Gram's rank fits the subspace, else within 0.1% of the best rank-r
-    approximation's residual on a Gram whose spectrum decays slowly past rank r), or ``"auto"``: randomized on
-    CUDA for ``N > 4 r``, where a batched eigh runs one matrix at a time (Wan 14B 720p: 591 x 591 per head,
-    ~6 ms each, ~10 s per prompt).
-    """
-    g = gram.float()
-    g = 0.5 * (g + g.transpose(-1, -2))
-    scale = g.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)[..., None, None]
-    r = min(rank, g.shape[-1])
-    if method == "randomized" or (method == "auto" and g.is_cuda and g.shape[-1] > 4 * r):
-        evals, evecs = _randomized_top_eigen(g / scale, r)
-    elif method in ("auto", "eigh"):
-        evals, evecs = torch.linalg.eigh(g / scale)
-        evals, evecs = evals[..., -r:], evecs[..., -r:]
-    else:
-        raise ValueError(f"method: 'auto', 'eigh' or 'randomized', got {method!r}")
-    top = evals.clamp_min(0.0) * scale[..., 0]
-    return (evecs * top.sqrt()[..., None, :]).float()
-
-
-#: Extra subspace columns and power iterations of `_randomized_top_eigen`.
-OVERSAMPLE, POWER_ITERATIONS = 64, 4
-
-
-def _orthonormal(y: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of the columns of ``y`` ``[..., N, k]`` (float64) on ``y``'s device: shifted
-    Cholesky QR, twice (batched Cholesky and triangular solves, no per-matrix loop). Directions ``y`` lacks
-    (rank below ``k``) come out as near-zero columns, which the Rayleigh-Ritz step ranks last."""
-    k = y.shape[-1]
-    eye = torch.eye(k, dtype=y.dtype, device=y.device)
-    for _ in range(2):
-        c = y.transpose(-1, -2) @ y
-        shift = 1e-13 * c.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)[..., None, None] * k
-        low = torch.linalg.cholesky(c + shift * eye)
-        y = torch.linalg.solve_triangular(low.transpose(-1, -2), y, upper=True, left=False)
-    return y
-
-
-def _randomized_top_eigen(g: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top ``r`` eigenpairs (ascending, as `torch.linalg.eigh` orders them) of the PSD ``g`` ``[..., N, N]``
-    by randomized subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4) in float64: matrix
-    products and Cholesky QR on ``g``'s device, one ``k x k`` eigenproblem per matrix (``k = r + OVERSAMPLE``)
-    on the CPU."""
-    n = g.shape[-1]
-    k = min(n, r + OVERSAMPLE)
-    gd = g.double()
-    omega = torch.randn(n, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(g.device)
-    q = _orthonormal(gd @ omega)
-    for _ in range(POWER_ITERATIONS):
-        q = _orthonormal(gd @ q)
-    small = (q.transpose(-1, -2) @ gd @ q).cpu()
-    lam, w = torch.linalg.eigh(0.5 * (small + small.transpose(-1, -2)))
-    return lam[..., -r:].to(g.device), q @ w[..., -r:].to(g.device)
-
-
-def merge_factors(factors: Sequence[torch.Tensor], rank: int = VALUE_RANK) -> torch.Tensor:
-    """The rank-``rank`` factor of the mean of ``U_p U_pᵀ`` over ``factors`` ``[..., N, r_p]`` (exact up to the
-    final truncation: the concatenation ``[U_1 .. U_P] / sqrt(P)`` is a factor of the mean)."""
-    cat = torch.cat([f.float() for f in factors], -1) / math.sqrt(len(factors))
-    if cat.shape[-1] <= rank:
-        return cat
-    u, s, _ = torch.linalg.svd(cat, full_matrices=False)
-    return u[..., :rank] * s[..., None, :rank]
+ONE_PASS = ("auto", "on", "fused", "off")  # BlockMassCapture's one_pass (the profile's --one-pass)
 
 
 def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask):
@@ -216,9 +127,13 @@ class BlockMassCapture:
         geometry: the expected geometry; None accepts the first call's and holds every later call to it.
         sample_layers: layers whose q/k/v to keep (None: every layer), when `start_prompt` asks for samples.
         sample_heads: heads kept per sampled layer.
-        one_pass: ``"auto"`` (on CUDA at head dim 64/128 in bf16/fp16), ``"on"`` or ``"off"``: run captured
-            calls' attention through the kernel with the logsumexp and take the block mass from it in one pass
-            (`capture_attention`), instead of the model's attention plus a two-pass block mass.
+        one_pass: ``"auto"``, ``"on"``, ``"fused"`` or ``"off"``: run captured calls' attention through the
+            kernel with the logsumexp and take the block mass from it in one pass (`capture_attention`), instead
+            of the model's attention plus a two-pass block mass; ``"fused"``: the forward itself also writes
+            each key block's share of every row's softmax denominator and the mass is summed from those
+            (`compact_attn.attention_with_block_mass`: no second pass over the keys; ``[H, NKB, N]`` float32 of
+            GPU memory per call, else ``"on"``). ``"auto"``: on CUDA in bf16/fp16, ``"fused"`` at head dim 128
+            (measured faster: 255 against 295 ms a Wan 14B 720p layer) and ``"on"`` at 64; else ``"off"``.
         timer: a `SectionTimer` to charge attention, block mass, value statistics, tile order and samples to.
     """
 
@@ -237,8 +152,8 @@ class BlockMassCapture:
     ):
         if branch not in ("cond", "uncond"):
             raise InputError(f"profile.branch must be cond or uncond, got {branch!r}")
-        if one_pass not in ("auto", "on", "off"):
-            raise InputError(f"one_pass must be auto, on or off, got {one_pass!r}")
+        if one_pass not in ONE_PASS:
+            raise InputError(f"one_pass must be one of {', '.join(ONE_PASS)}, got {one_pass!r}")
         self.bucket_of_step = dict(bucket_of_step)
         self.one_pass = one_pass
         self.timer = timer
@@ -296,12 +211,14 @@ class BlockMassCapture:
         return self.timer.section(name, device) if self.timer is not None else contextlib.nullcontext()
 
     def _record(self, call: AttentionCall, bucket: int, i: int, q: torch.Tensor, qt: torch.Tensor,
-                kt: torch.Tensor, vt: torch.Tensor, lse: torch.Tensor | None) -> None:
-        """Add batch item ``i``'s block mass and value Gram (tile order ``[1, H, N, D]``) to the accumulators."""
+                kt: torch.Tensor, vt: torch.Tensor, lse: torch.Tensor | None, mass: torch.Tensor | None = None
+                ) -> None:
+        """Add batch item ``i``'s block mass (``mass`` when the forward made it) and value Gram (tile order
+        ``[1, H, N, D]``) to the accumulators."""
         key = (bucket, call.layer)
         kv = None if call.key_valid is None else call.key_valid[i]
         with self._section("block mass", q.device):
-            m = masked_block_mass(qt, kt, self.block_size, kv, lse)
+            m = masked_block_mass(qt, kt, self.block_size, kv, lse) if mass is None else mass
         with self._section("value statistics", q.device):
             gram = value_block_gram(vt[0], self.block_size, kv)
         if key in self._sums:
@@ -342,7 +259,7 @@ class BlockMassCapture:
     # ------------------------------------------------------------------------------------------ one pass
     def one_pass_for(self, q: torch.Tensor) -> bool:
         """Whether a captured call runs its attention through the kernel with the logsumexp (`one_pass`)."""
-        if self.one_pass == "on":
+        if self.one_pass in ("on", "fused"):
             return True
         if self.one_pass == "off":
             return False
@@ -377,8 +294,14 @@ class BlockMassCapture:
                 with self._section("tile order", q.device):
                     perm = self._perm(layout, q.device)
                     qt, kt, vt = permute.to_tile_order(q[sl, :, :n], k[sl, :, :n], v[sl, :, :n], perm)
+                mass = None
                 with self._section("attention", q.device):
-                    ot, lse = _attention_lse(qt, kt, vt, self._dense_mask(H, n, q.device))
+                    if i in items and n == N and self._fused_for(qt):  # the mass comes with the forward
+                        ot, lse, mass = compact_attn.attention_with_block_mass(qt, kt, vt,
+                                                                               self._dense_mask(H, n, q.device))
+                        mass = mass[0]
+                    else:
+                        ot, lse = _attention_lse(qt, kt, vt, self._dense_mask(H, n, q.device))
                     if n < N:  # padded queries attend to the valid keys, as the model computes them
                         out[sl, :, n:] = torch.nn.functional.scaled_dot_product_attention(
                             q[sl, :, n:], k[sl, :, :n], v[sl, :, :n])
@@ -387,8 +310,21 @@ class BlockMassCapture:
                 if i in items:
                     if n < N:  # the record's tensors span the whole padded sequence (padding at the end)
                         qt, kt, vt = (self._permute(self.layout, x[sl]) for x in (q, k, v))
-                    self._record(call, bucket, i, q, qt, kt, vt, lse)
+                    self._record(call, bucket, i, q, qt, kt, vt, lse, mass)
         return from_bhnd(out)
+
+    def _fused_for(self, qt: torch.Tensor) -> bool:
+        """Whether this call's block mass comes from the forward (`one_pass` ``"fused"``, or ``"auto"`` at head
+        dim 128): kernel head dims, and on CUDA the per-block buffer ``[H, NKB, N]`` float32 within half the free
+        memory."""
+        fused = self.one_pass == "fused" or (self.one_pass == "auto" and qt.shape[-1] == 128)
+        if not fused or qt.shape[-1] not in (64, 128):
+            return False
+        if not qt.is_cuda:
+            return True
+        H, N = qt.shape[1], qt.shape[2]
+        need = 4 * H * N * math.ceil(N / self.block_size)
+        return need <= torch.cuda.mem_get_info(qt.device)[0] // 2
 
     def _perm(self, layout: TileLayout, device: torch.device) -> torch.Tensor:
         """The layout's permutation, kept on the device (copying it from the host on every call would

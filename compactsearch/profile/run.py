@@ -35,10 +35,11 @@ from compactsearch._io import atomic_write_text, atomic_write_with, dump_yaml, r
 from compactsearch.adapters import AttentionContext, get_adapter, install, load_pipeline
 from compactsearch.errors import InputError
 from compactsearch.geometry import VideoGeometry
-from compactsearch.profile.capture import BlockMassCapture, PromptCapture, merge_factors
+from compactsearch.profile.capture import BlockMassCapture, PromptCapture
 from compactsearch.profile.recipe import Recipe
 from compactsearch.profile.store import Profile
 from compactsearch.profile.timing import SectionTimer, breakdown
+from compactsearch.profile.values import merge_factors
 
 __all__ = ["ProfileRun", "run_profile", "work_dir_for", "merge_work_dir"]
 
@@ -287,8 +288,9 @@ def run_profile(
         resume: keep finished prompt files of an earlier run of the same recipe and prompts.
         progress: optional object with ``start(n_prompts, n_steps)``, ``prompt(i, prompt, skipped)`` and
             ``step(i)`` callbacks (the CLI's Rich progress), called on rank 0 only.
-        one_pass: ``"auto"``, ``"on"`` or ``"off"``: captured calls' attention through the kernel with the
-            logsumexp and the block mass in one pass (`BlockMassCapture`; auto: on CUDA at head dim 64/128).
+        one_pass: ``"auto"``, ``"on"``, ``"fused"`` or ``"off"``: captured calls' attention through the kernel
+            with the logsumexp and the block mass in one pass (`BlockMassCapture`; auto: on CUDA at head dim
+            64/128; fused: the mass from the forward itself).
 
     The result's ``timings`` (`compactsearch.profile.timing.breakdown`) say where this rank's time went.
     """

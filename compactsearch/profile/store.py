@@ -209,7 +209,7 @@ class Profile:
             prompts, seeds, model, recipe: provenance kept in the metadata.
             samples: optional ``layer -> {name: tensor}`` captured tensors for validation.
             value_factor: optional ``[NB, L, H, NKB, r]`` or mapping ``(bucket, layer) -> [H, NKB, r]``: a factor
-                ``U`` of the mean of ``V̄ V̄ᵀ`` (``U Uᵀ``; `compactsearch.profile.capture.value_block_gram`,
+                ``U`` of the mean of ``V̄ V̄ᵀ`` (``U Uᵀ``; `compactsearch.profile.values.value_block_gram`,
                 `gram_factor`), or ``V̄`` itself, for the output fidelity.
         """
         masses = _as_dict(mass, 0, "mass")

@@ -9,7 +9,7 @@ and error 0.022 -- and the cube's videos were closer to dense.
 
 The profile records, next to the block mass ``P`` ``[NQB, NKB]`` (rows normalised here to ``p``), the mean Gram
 matrix of the key blocks' mean values, ``G = E[V̄ V̄ᵀ]`` ``[NKB, NKB]`` (``V̄``: per key block the mean of ``v``
-over its tokens; `compactsearch.profile.capture.value_block_gram`). At block level the dense output of query
+over its tokens; `compactsearch.profile.values.value_block_gram`). At block level the dense output of query
 block ``q`` is ``p_q V̄`` and a pattern keeping the key blocks ``S`` gives ``(p_q ⊙ 1_S) V̄ / r_q`` (``r_q``:
 its kept mass; the kernel renormalises). The relative squared error, summed over query blocks weighted by
 their token counts, is
@@ -17,7 +17,7 @@ their token counts, is
     err(S) = Σ_q n_q (w_q - p_q)ᵀ G (w_q - p_q) / Σ_q n_q p_qᵀ G p_q,     w_q = p_q ⊙ 1_S / r_q,
 
 and ``fidelity = 1 - err``. The profile stores ``G`` factored, ``G ≈ U Uᵀ`` with its top 32 eigenvectors
-(`compactsearch.profile.capture.gram_factor`; 3 MB per Wan-14B 720p layer instead of 56), so a pattern costs
+(`compactsearch.profile.values.gram_factor`; 3 MB per Wan-14B 720p layer instead of 56), so a pattern costs
 ``NQB x NKB x r`` multiply-adds. Within-block variation of ``v`` is not seen (a block is kept or dropped whole,
 so it only scales the error), and the expectation is over the profiled calls.
 """

@@ -31,6 +31,7 @@ __all__ = [
     "reference",
     "block_sparse_attention",
     "block_mass",
+    "attention_with_block_mass",
     "resolve_backend",
     "check_attention_inputs",
     "check_mass_inputs",
@@ -206,3 +207,42 @@ def block_mass(
     from compact_attn.mass_kernel import block_mass_triton
 
     return block_mass_triton(q, k, block_q, block_k, scale=scale, lse=lse)
+
+
+def attention_with_block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float | None = None,
+    backend: str = "auto",
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention forward, its row logsumexp and the block mass of its softmax in one pass over the keys.
+
+    The Triton kernel writes, next to the output, each listed key block's share of every row's softmax
+    denominator (``[B, H, NKB, N]`` float32, 4 bytes per row and key block); a small kernel sums them per query
+    block. The block mass equals `block_mass` of the same scores (over the blocks the mask lists; unlisted: 0).
+
+    Args:
+        q, k, v, mask, scale: as `block_sparse_attention`; ``mask.block_q`` in {16, 32, 64, 128}.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (the forward with ``return_lse``, then `block_mass`
+            with that lse, the blocks the mask does not list set to 0).
+        config: an `AttnConfig` for the Triton forward (tests, benchmarks); default the fixed per-GPU one.
+
+    Returns:
+        ``(o, lse, mass)``: ``[B, H, N, D]``, natural-log ``[B, H, N]`` float32, ``[B, H, NQB, NKB]`` float32.
+    """
+    check_attention_inputs(q, k, v, mask, scale)
+    if resolve_backend(backend, q.device) == "reference":
+        o, lse = reference.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
+        mass = reference.block_mass(q, k, mask.block_q, mask.block_k, scale=scale, lse=lse)
+        return o, lse, torch.where(mask.to_dense().to(mass.device)[None], mass, 0.0)  # empty rows: lse -inf
+    from compact_attn.attention import block_sparse_attention_triton
+    from compact_attn.mass_kernel import block_mass_from_block_lse
+
+    B, H, N, _ = q.shape
+    blse = torch.full((B, H, mask.num_kv_blocks, N), float("-inf"), dtype=torch.float32, device=q.device)
+    o, lse = block_sparse_attention_triton(q, k, v, mask, scale=scale, return_lse=True, block_lse=blse,
+                                           config=config)
+    return o, lse, block_mass_from_block_lse(blse, lse, mask.block_q)

@@ -111,7 +111,8 @@ def _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale
                 HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                 UPCAST: tl.constexpr):
     """Online-softmax update with one tile's scores ``qk`` and its values. ``m_i`` is the running row max in log2
-    units (the exponent offset of ``acc`` and ``l_i``); every tile rescales ``acc`` and ``l_i`` to the new max."""
+    units (the exponent offset of ``acc`` and ``l_i``); every tile rescales ``acc`` and ``l_i`` to the new max.
+    Also returns the rescale factor ``alpha`` and the tile's row sums (at the new offset)."""
     v = _load_rows(v_ptr, v_desc, kv_row, N, stride_vn, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
     # exp2 with log2(e) folded into the scale: p = 2^(qk * scale * log2e - m)
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -120,15 +121,16 @@ def _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale
     l_i = l_i * alpha
     m_i = m_ij
     p32 = tl.math.exp2(qk * qk_scale - m_i[:, None])
-    l_i = l_i + tl.sum(p32, 1)
+    tile_sum = tl.sum(p32, 1)
+    l_i = l_i + tile_sum
     p = p32.to(v.dtype)
     acc = _mma(p, v, acc, DOT_PREC, UPCAST)
-    return acc, l_i, m_i
+    return acc, l_i, m_i, alpha, tile_sum
 
 
 @triton.jit
 def _block_sparse_fwd(
-    Q, K, V, O, LSE, KV_NUM, KV_IDX, ORDER,
+    Q, K, V, O, LSE, BLSE, KV_NUM, KV_IDX, ORDER,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -138,8 +140,12 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_TAIL: tl.constexpr, EVEN_M: tl.constexpr, USE_TMA: tl.constexpr,
-    RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    RETURN_LSE: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, RETURN_BLOCK_LSE: tl.constexpr = False,
 ):
+    """One ``BLOCK_M``-row tile of a (head, query block) item over its listed key blocks. With
+    ``RETURN_BLOCK_LSE`` it also writes, per row and listed key block, the log2 of the block's share of the
+    softmax denominator (``BLSE[b, h, kb, row] = log2 sum_{c in kb} 2^(s_rc)`` in the scaled log2 units of the
+    lse): the block mass is then ``sum over rows of 2^(BLSE - lse2)`` (`compact_attn.mass_kernel`)."""
     MSPLIT: tl.constexpr = BLOCK_Q // BLOCK_M  # programs per query block
     SUB: tl.constexpr = BLOCK_K // BLOCK_N  # key tiles per listed key block
     pid = tl.program_id(0)
@@ -174,28 +180,42 @@ def _block_sparse_fwd(
         has_tail = (n_blocks > 0) & (last == NKB - 1)
         n_main = n_blocks - has_tail.to(tl.int32)
 
+    rows = q_row + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    b_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # the current key block's row sums, at offset m_i
+    blse_ptr = BLSE + (b * H + h).to(tl.int64) * NKB * N + rows
     n_tiles = n_main * SUB
     for t in range(0, n_tiles):
-        kv_row = tl.load(idx_ptr + t // SUB, mask=t < n_tiles, other=NKB) * BLOCK_K + (t % SUB) * BLOCK_N
+        kb = tl.load(idx_ptr + t // SUB, mask=t < n_tiles, other=NKB)
+        kv_row = kb * BLOCK_K + (t % SUB) * BLOCK_N
         qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
-        acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                    HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
+        acc, l_i, m_i, alpha, tile_sum = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn,
+                                                     qk_scale, BLOCK_N, HEAD_DIM, USE_TMA, False, DOT_PREC, UPCAST)
+        if RETURN_BLOCK_LSE:  # the block's last tile writes its share (coalesced: rows are contiguous)
+            b_i = b_i * alpha + tile_sum
+            block_end = (rows * 0 + t % SUB) == SUB - 1  # as a row vector: a mask the interpreter takes too
+            tl.store(blse_ptr + kb.to(tl.int64) * N, m_i + tl.math.log2(b_i), mask=(rows < N) & block_end)
+            b_i = tl.where(block_end, 0.0, b_i)
     if HAS_TAIL:  # element-masked step over the tiles of the last block that hold keys
         tail_tiles = tl.cdiv(N - (NKB - 1) * BLOCK_K, BLOCK_N)  # tiles wholly past N are skipped
         for t in tl.range(0, (n_blocks - n_main) * tail_tiles, num_stages=1):  # no smem for pipelining this
             kv_row = (NKB - 1) * BLOCK_K + t * BLOCK_N
             qk = _scores(q, k_ptr, k_desc, kv_row, N, stride_kn, BLOCK_N, HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn, qk_scale, BLOCK_N,
-                                        HEAD_DIM, USE_TMA, True, DOT_PREC, UPCAST)
+            acc, l_i, m_i, alpha, tile_sum = _softmax_pv(acc, l_i, m_i, qk, v_ptr, v_desc, kv_row, N, stride_vn,
+                                                         qk_scale, BLOCK_N, HEAD_DIM, USE_TMA, True, DOT_PREC,
+                                                         UPCAST)
+            if RETURN_BLOCK_LSE:
+                b_i = b_i * alpha + tile_sum
+        if RETURN_BLOCK_LSE:
+            tl.store(blse_ptr + tl.full([], NKB - 1, tl.int64) * N, m_i + tl.math.log2(b_i),
+                     mask=(rows < N) & (rows * 0 + n_blocks > n_main))
 
     # Rows with no key block: l = 0 -> o = 0, lse = -inf (as the reference).
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
-    rows = q_row + tl.arange(0, BLOCK_M)
     o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_on \
         + tl.arange(0, HEAD_DIM)[None, :]
     tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=rows[:, None] < N)
@@ -318,6 +338,7 @@ def block_sparse_attention_triton(
     out: torch.Tensor | None = None,
     config: AttnConfig | None = None,
     dense_heads: str | None = None,
+    block_lse: torch.Tensor | None = None,
 ):
     """Block-sparse attention forward with the Triton kernel (dense heads by PyTorch's SDPA, by default).
 
@@ -332,6 +353,10 @@ def block_sparse_attention_triton(
             autotune sweep when ``COMPACT_ATTN_AUTOTUNE=1``.
         dense_heads: ``"sdpa"`` or ``"kernel"``, overriding ``config.dense_heads`` (see `AttnConfig`): where
             heads whose mask keeps every block run. SDPA is used for bf16/fp16 without ``return_lse`` only.
+        block_lse: optional float32 ``[B, H, NKB, N]`` output, filled by the caller with ``-inf``: per key block
+            the mask lists and query row, the base-2 log of the block's share of the softmax denominator (see
+            `_block_sparse_fwd`; `compact_attn.mass_kernel.block_mass_from_block_lse` makes the block mass).
+            Runs the Triton-language kernel at the fixed config (no SDPA heads, no warp specialisation).
 
     Returns:
         ``o`` ``[B, H, N, D]`` in q's dtype, and ``lse`` when ``return_lse``. Without ``out``, a mask whose
@@ -352,6 +377,13 @@ def block_sparse_attention_triton(
                             or out.stride(-1) != 1):
         raise ValueError(f"out must be a [B, H, N, D] {q.dtype} tensor on {q.device} with contiguous last dim")
     c = config or attention_config(q.device, D, q.dtype)
+    if block_lse is not None:
+        nkb_ = triton.cdiv(N, bk)
+        if (tuple(block_lse.shape) != (B, H, nkb_, N) or block_lse.dtype != torch.float32
+                or not block_lse.is_contiguous() or block_lse.device != q.device):
+            raise ValueError(f"block_lse must be a contiguous float32 [B, H, NKB, N] = {(B, H, nkb_, N)} tensor on "
+                             f"{q.device}")
+        dense_heads = "kernel"
     mode = dense_heads or c.dense_heads
     if mode not in DENSE_HEADS:
         raise ValueError(f"dense_heads must be one of {', '.join(DENSE_HEADS)}, got {mode!r}")
@@ -373,7 +405,7 @@ def block_sparse_attention_triton(
         o = _sdpa(*(t.index_select(1, dense_idx) for t in (q, k, v)), scale)
         out.index_copy_(1, dense_idx, o)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device) if return_lse else out  # dummy if unused
-    if c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
+    if block_lse is None and c.warp_specialized and attention_ws.available(q.device, D, q.dtype, bq, bk):
         # One flat [B * H * N, D] TMA descriptor per tensor: q, k, v contiguous with 16-byte aligned bases.
         qc, kc, vc = (t.contiguous() for t in (q, k, v))
         qc, kc, vc = (t if t.data_ptr() % 16 == 0 else t.clone() for t in (qc, kc, vc))
@@ -392,14 +424,14 @@ def block_sparse_attention_triton(
     upcast = INTERPRET and q.dtype == torch.bfloat16
     common = dict(HEAD_DIM=D, BLOCK_Q=bq, BLOCK_K=bk, RETURN_LSE=return_lse, UPCAST=upcast,
                   DOT_PREC="ieee" if q.dtype == torch.float32 or upcast else "tf32")
-    args = (q, k, v, out, lse, kv_num, kv_idx, order,
+    args = (q, k, v, out, lse, lse if block_lse is None else block_lse, kv_num, kv_idx, order,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             kv_idx.stride(0), kv_idx.stride(1), B, H, N, nqb, nkb)
     n_items = order.numel() * B  # the listed (head, query block) items, each for every batch element
 
     has_tail = N % bk != 0
-    if config is None and autotune_enabled():
+    if config is None and block_lse is None and autotune_enabled():
         kernel = _autotuned(D, tma_ok)
 
         def grid(meta):
@@ -412,6 +444,6 @@ def block_sparse_attention_triton(
         _block_sparse_fwd[(n_items * (bq // bm),)](
             *args, scale * LOG2E,
             BLOCK_M=bm, BLOCK_N=bn, HAS_TAIL=has_tail, EVEN_M=N % bq == 0, USE_TMA=use_tma,
-            num_warps=c.num_warps, num_stages=c.num_stages, **common,
+            RETURN_BLOCK_LSE=block_lse is not None, num_warps=c.num_warps, num_stages=c.num_stages, **common,
         )
     return (out, lse) if return_lse else out

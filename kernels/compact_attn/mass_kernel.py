@@ -30,7 +30,7 @@ from compact_attn import check_mass_inputs
 from compact_attn._config import INTERPRET, MassConfig, mass_config
 from compact_attn.attention import _mma
 
-__all__ = ["block_mass_triton"]
+__all__ = ["block_mass_triton", "block_mass_from_block_lse"]
 
 LOG2E = 1.4426950408889634
 _MASS_BLOCKS = (16, 32, 64, 128)
@@ -188,4 +188,37 @@ def block_mass_triton(
         q, k, lse2, out, *strides, H, N, nqb, nkb, qk_scale, HEAD_DIM=D, BLOCK_Q=block_q, BLOCK_K=block_k,
         DOT_PREC=prec, UPCAST=upcast, GROUP=c.sums_group, num_warps=warps, num_stages=c.sums_stages,
     )
+    return out
+
+
+@triton.jit
+def _mass_from_block_lse(BLSE, LSE2, OUT, N, NQB, NKB, BLOCK_Q: tl.constexpr):
+    """``OUT[bh, i, j] = sum over rows r of query block i of 2^(BLSE[bh, j, r] - LSE2[bh, r])``: one program per
+    (key block j, head), streaming its contiguous row of ``BLSE``."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    src = BLSE + (bh * NKB + j) * N
+    out = OUT + bh * NQB * NKB + j
+    for i in range(0, NQB):
+        rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        t = tl.load(src + rows, mask=rows < N, other=float("-inf"))
+        lse2 = tl.load(LSE2 + bh * N + rows, mask=rows < N, other=0.0)
+        p = tl.where(t == float("-inf"), 0.0, tl.math.exp2(t - lse2))  # unlisted blocks and empty rows: 0
+        tl.store(out + i * NKB, tl.sum(p, 0))
+
+
+def block_mass_from_block_lse(block_lse: torch.Tensor, lse: torch.Tensor, block_q: int) -> torch.Tensor:
+    """The block mass from the attention forward's per-block logsumexps (`block_sparse_attention_triton`'s
+    ``block_lse``, base-2 units) and its natural-log row ``lse`` ``[B, H, N]``: float32 ``[B, H, NQB, NKB]``,
+    the same function as `block_mass_triton` (mass of unlisted key blocks: 0)."""
+    B, H, nkb, N = block_lse.shape
+    if tuple(lse.shape) != (B, H, N):
+        raise ValueError(f"lse must be [B, H, N] = {(B, H, N)}, got {tuple(lse.shape)}")
+    if block_q not in _MASS_BLOCKS:
+        raise ValueError(f"block_q must be one of {_MASS_BLOCKS}, got {block_q}")
+    nqb = triton.cdiv(N, block_q)
+    out = torch.empty((B, H, nqb, nkb), dtype=torch.float32, device=block_lse.device)
+    lse2 = (lse.float() * LOG2E).contiguous()
+    _mass_from_block_lse[(nkb, B * H)](block_lse.contiguous(), lse2, out, N, nqb, nkb, BLOCK_Q=block_q,
+                                       num_warps=4)
     return out

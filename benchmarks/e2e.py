@@ -119,8 +119,9 @@ def _run(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t, res.stdout
 
 
-def _generate(pipe, recipe, prompt: str, seed: int, device: str) -> dict:
-    """One generation (latents), timed per step: ``{"seconds", "steps": [seconds per step]}``."""
+def timed_latents(pipe, kwargs: dict, device: str) -> tuple[torch.Tensor, dict]:
+    """One pipeline call with ``kwargs`` for latents, timed per step: ``(latents, {"seconds", "steps": [seconds
+    per step]})``."""
     marks = []
 
     def on_step(p, i, t, kw):
@@ -128,18 +129,22 @@ def _generate(pipe, recipe, prompt: str, seed: int, device: str) -> dict:
         marks.append(time.perf_counter())
         return kw
 
-    kw = pipeline_kwargs(recipe, prompt, seed)
     _sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        pipe(**kw, output_type="latent", callback_on_step_end=on_step)
+        latents = pipe(**kwargs, output_type="latent", callback_on_step_end=on_step).frames
     _sync(device)
     total = time.perf_counter() - t0
     steps = [b - a for a, b in zip([t0, *marks[:-1]], marks)]
-    return {"seconds": total, "steps": steps}
+    return latents, {"seconds": total, "steps": steps}
 
 
-def _median_after_first(xs: list[float]) -> float:
+def _generate(pipe, recipe, prompt: str, seed: int, device: str) -> dict:
+    """One generation (latents) of a recipe's prompt, timed per step (`timed_latents`)."""
+    return timed_latents(pipe, pipeline_kwargs(recipe, prompt, seed), device)[1]
+
+
+def median_after_first(xs: list[float]) -> float:
     return statistics.median(xs[1:]) if len(xs) > 1 else xs[0]
 
 
@@ -337,7 +342,7 @@ def run(args) -> dict:
     row["dense_peak_gb"] = _peak_gb(device)
     att = timer.summary()
     row["dense_generation_s"] = round(dense["seconds"], 3)
-    row["dense_step_s"] = round(_median_after_first(dense["steps"]), 4)
+    row["dense_step_s"] = round(median_after_first(dense["steps"]), 4)
     row["attention_step_s"] = round(att["seconds_per_step"], 4)
     f = min(1.0, att["seconds_per_step"] / row["dense_step_s"]) if row["dense_step_s"] else 0.0
     row["attention_share"] = round(f, 4)
@@ -351,7 +356,7 @@ def run(args) -> dict:
     row["sparse_steps"] = len(sparse_steps)
     row["sparse_generation_s"] = round(sparse["seconds"], 3)
     if sparse_steps:
-        row["sparse_step_s"] = round(_median_after_first(sparse_steps), 4)
+        row["sparse_step_s"] = round(median_after_first(sparse_steps), 4)
         d = row["density"]
         row["amdahl_limit"] = round(1.0 / ((1.0 - f) + f * d), 4)
         row["step_speedup"] = round(row["dense_step_s"] / row["sparse_step_s"], 4)

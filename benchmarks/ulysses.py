@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,8 +36,11 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
 
+from benchmarks.e2e import median_after_first, timed_latents  # noqa: E402
 from compactsearch._io import atomic_write_text, atomic_write_with  # noqa: E402
+from compactsearch.adapters import get_adapter  # noqa: E402
 from compactsearch.adapters.pipelines import build_family_pipeline  # noqa: E402
+from compactsearch.adapters.registry import video_grid  # noqa: E402
 from compactsearch.config import Bucket, Config, HeadConfig, LayerConfig, summarize  # noqa: E402
 from compactsearch.distributed import enable_ulysses, parallel_run  # noqa: E402
 from compactsearch.geometry import VideoGeometry  # noqa: E402
@@ -74,29 +75,14 @@ def local_config(geometry: VideoGeometry, layers: int, heads: int, head_dim: int
                   buckets=(Bucket.of_steps((0, steps), steps, lcs),), provenance={"kind": "example"})
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def timed_generation(pipe, video: tuple[int, int, int], text: int, steps: int, device: str
                      ) -> tuple[torch.Tensor, list[float]]:
-    """One generation (latents), seconds per step."""
-    marks: list[float] = []
-
-    def on_step(p, i, t, kw):
-        _sync(device)
-        marks.append(time.perf_counter())
-        return kw
-
+    """One generation (latents on the CPU), seconds per step."""
     frames, height, width = video
-    _sync(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        latents = pipe(prompt=PROMPT, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                       guidance_scale=1.0, max_sequence_length=text, output_type="latent",
-                       generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step).frames
-    return latents.float().cpu(), [b - a for a, b in zip([t0, *marks[:-1]], marks)]
+    kwargs = dict(prompt=PROMPT, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                  guidance_scale=1.0, max_sequence_length=text, generator=torch.Generator("cpu").manual_seed(0))
+    latents, times = timed_latents(pipe, kwargs, device)
+    return latents.float().cpu(), times["steps"]
 
 
 def fingerprint(pipe) -> float:
@@ -125,9 +111,7 @@ def run(args, degree: int, rank: int, device: str) -> dict | None:
     pipe.set_progress_bar_config(disable=True)
     tr = pipe.transformer
     c = tr.config
-    geometry = VideoGeometry((video[0] - 1) // pipe.vae_scale_factor_temporal + 1,
-                             video[1] // (pipe.vae_scale_factor_spatial * c.patch_size[1]),
-                             video[2] // (pipe.vae_scale_factor_spatial * c.patch_size[2]))
+    geometry = VideoGeometry(*video_grid(pipe, get_adapter("wan"), *video))
     cfg = local_config(geometry, c.num_layers, c.num_attention_heads, c.attention_head_dim, args.steps)
     if degree > 1:
         enable_ulysses(pipe, "wan", degree, video)
@@ -140,8 +124,7 @@ def run(args, degree: int, rank: int, device: str) -> dict | None:
         mask_heads = sorted({str(k[3]) for k in rt._masks})  # (start, stop) of this rank's heads; None: all
     if rank:
         return None
-    d = statistics.median(dense_steps[1:]) if len(dense_steps) > 1 else dense_steps[0]
-    s = statistics.median(sparse_steps[1:]) if len(sparse_steps) > 1 else sparse_steps[0]
+    d, s = median_after_first(dense_steps), median_after_first(sparse_steps)
     row = {"degree": degree, "size": args.size, "layers": c.num_layers, "steps": args.steps,
            "video": list(video), "density": round(float(summarize(cfg)["density"]), 4),
            "rank0_mask_heads": mask_heads, "dense_step_s": round(d, 4),

@@ -23,7 +23,8 @@ import torch
 from compactsearch.adapters.parallel import ULYSSES_FAMILIES
 from compactsearch.errors import InputError
 
-__all__ = ["ParallelRun", "parse_parallel", "check_recipe", "parallel_run", "enable_ulysses", "torchrun_rank"]
+__all__ = ["ParallelRun", "parse_parallel", "check_recipe", "parallel_run", "enable_ulysses", "torchrun_rank",
+           "default_device"]
 
 KINDS = ("ulysses",)
 
@@ -79,9 +80,13 @@ def torchrun_rank() -> int | None:
     return int(rank) if rank is not None and rank.isdigit() else None
 
 
+def default_device(device: str | None) -> str:
+    """``device``, or ``cuda`` where there is a GPU and ``cpu`` elsewhere."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _device(device: str | None, local_rank: int) -> str:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)
     if device == "cpu":
         return device
     if device != "cuda":

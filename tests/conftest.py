@@ -38,3 +38,10 @@ def config_file(tmp_path):
     path = tmp_path / "config.yaml"
     small_config().save(path)
     return path
+
+
+def single_process_env(**extra: str) -> dict:
+    """This process's environment without torchrun's RANK / WORLD_SIZE variables (a child process starts its own
+    run), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    return {**env, **extra}

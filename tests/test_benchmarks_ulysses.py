@@ -4,7 +4,6 @@ against it: identical weights, equal outputs, rank 0 built only its heads' masks
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,13 @@ from pathlib import Path
 from benchmarks.ulysses import local_config
 from compactsearch.config import summarize
 from compactsearch.geometry import VideoGeometry
+from tests.conftest import single_process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench(tmp_path: Path, *launcher: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-        env.pop(k, None)
+    env = single_process_env(OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, *launcher, str(ROOT / "benchmarks" / "ulysses.py"), "--size", "tiny",
                           "--device", "cpu", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
                          timeout=600)

@@ -6,7 +6,6 @@ not fit, a token or head count the degree does not divide)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from compactsearch.adapters.registry import video_tokens
 from compactsearch.cli import main
 from compactsearch.distributed import enable_ulysses
 from compactsearch.errors import InputError
+from tests.conftest import single_process_env
 from tests.test_ulysses import OWN_FRAME, TWO_FRAMES, VIDEO, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +36,7 @@ def cli(capsys, *args):
 
 
 def torchrun(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-        env.pop(k, None)
+    env = single_process_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "compactsearch", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -25,7 +25,8 @@ from compactsearch.adapters.base import Adapter
 from compactsearch.errors import InputError, lookup
 
 __all__ = ["ADAPTERS", "get_adapter", "register_adapter", "adapter_names", "ModelBuilder", "MODELS",
-           "register_model", "load_pipeline", "check_video_size", "video_tokens", "quiet_libraries",
+           "register_model", "load_pipeline", "check_video_size", "video_grid", "video_tokens",
+           "quiet_libraries",
            "DTYPES"]
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -191,12 +192,19 @@ def _patches(transformer) -> tuple[int, int]:
     return int(getattr(cfg, "patch_size_t", None) or 1), int(p)
 
 
-def video_tokens(pipe, family: Adapter, frames: int, height: int, width: int) -> int:
-    """Video tokens of one ``frames x height x width`` call (latent frames / temporal patch x the spatial grid)."""
+def video_grid(pipe, family: Adapter, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """The video token grid ``(t, h, w)`` of one ``frames x height x width`` call (latent frames over the
+    temporal patch, latent height and width over the spatial patch)."""
     spatial, temporal = _vae_factors(pipe)
     pt, ps = _patches(family.transformers(pipe)[0])
     latent_frames = (frames - 1) // (temporal or 1) + 1
-    return -(-latent_frames // pt) * (height // (spatial * ps)) * (width // (spatial * ps))
+    return -(-latent_frames // pt), height // (spatial * ps), width // (spatial * ps)
+
+
+def video_tokens(pipe, family: Adapter, frames: int, height: int, width: int) -> int:
+    """Video tokens of one ``frames x height x width`` call (`video_grid`'s product)."""
+    t, h, w = video_grid(pipe, family, frames, height, width)
+    return t * h * w
 
 
 def _vae_factors(pipe) -> tuple[int, int | None]:

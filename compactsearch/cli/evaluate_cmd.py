@@ -49,12 +49,11 @@ def evaluate(
         compactsearch evaluate recipes/wan2.1-t2v-1.3b-480p.yaml -c wan-0.3.yaml --prompts my.txt --json
         torchrun --nproc-per-node 2 -m compactsearch evaluate RECIPE -c CONFIG --parallel ulysses:2
     """
-    import torch
 
     from compactsearch._io import check_output
     from compactsearch.cli._progress import progress_display
     from compactsearch.config import load_config
-    from compactsearch.distributed import check_recipe, parallel_run
+    from compactsearch.distributed import check_recipe, default_device, parallel_run
     from compactsearch.errors import InputError
     from compactsearch.profile import Profile
     from compactsearch.profile.recipe import read_prompts
@@ -85,10 +84,9 @@ def evaluate(
         configs.update(baseline_configs(Profile.load(baselines), next(iter(configs.values()))))
     total = len(plist) * (1 + len(configs))
     with parallel_run(parallel, device) as par:
-        if par is not None:  # every rank generates; rank 0 writes the videos
-            device, videos = par.device, (videos if par.main else None)
-        elif device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = par.device if par is not None else default_device(device)
+        if par is not None and not par.main:  # every rank generates; rank 0 writes the videos
+            videos = None
         pipe = common.load_recipe_pipeline(r, device, par)
         with progress_display("evaluate", TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:

@@ -50,11 +50,9 @@ a checkered gray background" -o compare.gif
     """
     import time
 
-    import torch
-
     from compactsearch._io import check_output
     from compactsearch.config import load_config
-    from compactsearch.distributed import check_recipe, parallel_run
+    from compactsearch.distributed import check_recipe, default_device, parallel_run
     from compactsearch.errors import InputError
     from compactsearch.runtime import apply
     from compactsearch.video import generate_video, side_by_side, write_video
@@ -71,10 +69,7 @@ a checkered gray background" -o compare.gif
     t0 = time.perf_counter()
     check_recipe(r, parallel)
     with parallel_run(parallel, device) as par:
-        if par is not None:
-            device = par.device
-        elif device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = par.device if par is not None else default_device(device)
         with _status("loading the model"):
             pipe = common.load_recipe_pipeline(r, device, par)
         with _status("generating"):
